@@ -1,0 +1,134 @@
+"""The command-line shell shared by every entry point: ``--config``, ``--workdir`` and clear errors.
+
+Each entry point is ``cli.run(main)`` with ``main(config, workdir)``. Flags follow the flax
+examples: ``--config=configs/X.py[:arg]`` loads ``get_config(arg)`` and ``--config.a.b=value``
+overrides a field. A missing file, an unknown key or a bad value ends the program with one line
+that names the key and what is allowed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+
+class ConfigError(ValueError):
+  """A config key holds a value the program cannot use; the message names the key."""
+
+
+def define_flags(workdir_required: bool = True) -> None:
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file, optionally :arg.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.",
+                      required=workdir_required)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path[:arg]`` the way ``--config`` does (used to explain bad overrides)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config: no such file {path!r}")
+  module_spec = importlib.util.spec_from_file_location("_ssldml_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _explain_override_error(argv: list[str]) -> Optional[str]:
+  """Finds the first ``--config.x.y=`` override whose key does not exist in the loaded config."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  try:
+    config = load_config_file(spec)
+  except ConfigError as e:
+    return str(e)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for part in key.split("."):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+        allowed = ", ".join(sorted(node.keys())) if isinstance(
+            node, (ml_collections.ConfigDict, dict)) else "(none: not a section)"
+        where = ".".join(walked) or "the top level"
+        return f"unknown config key {key!r}: {where} has {allowed}"
+      node = node[part]
+      walked.append(part)
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    rest = FLAGS(argv)
+    config = FLAGS.config  # Loading happens lazily; force it here so errors surface now.
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail(_explain_override_error(argv) or f"bad --config: {e}")
+  if not isinstance(config, ml_collections.ConfigDict):
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    _fail(f"--config: cannot load {spec!r} (a configs/*.py file with get_config() is expected)")
+  return rest
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def run(main: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+  """Runs ``main(config, workdir)`` as an absl program; ConfigError becomes a one-line error."""
+
+  def absl_main(argv):
+    if len(argv) > 1:
+      _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      main(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:
+      _fail(str(e))
+
+  app.run(absl_main, flags_parser=_parse_flags)
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, allowed: Iterable[Any]) -> Any:
+  """Returns ``config.<key>`` (dotted) if it is one of ``allowed``; otherwise a ConfigError."""
+  value = get_path(config, key)
+  allowed = list(allowed)
+  if value not in allowed:
+    raise ConfigError(f"config.{key}={value!r} is not allowed; choose one of "
+                      + ", ".join(repr(a) for a in allowed))
+  return value
+
+
+def check_range(config: ml_collections.ConfigDict, key: str, *, low: float = None,
+                high: float = None, allow_none: bool = False) -> Any:
+  """Returns ``config.<key>`` if ``low <= value <= high``; otherwise a ConfigError."""
+  value = get_path(config, key)
+  if value is None and allow_none:
+    return value
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and (low is None or value >= low) and (high is None or value <= high)
+  if not ok:
+    bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    raise ConfigError(f"config.{key}={value!r} must be a number in {bounds}"
+                      + (" or None" if allow_none else ""))
+  return value
+
+
+def get_path(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{key} is missing (has {', '.join(sorted(node.keys()))})")
+    node = node[part]
+  return node

@@ -1,0 +1,1 @@
+"""ECG datasets: the synthetic cohort, real-data builders and the input pipeline."""
