@@ -1,0 +1,216 @@
+"""Linear probes on frozen embeddings, and the label-fraction training subsets.
+
+Protocol (the same for every encoder, so that rows of a table are comparable):
+
+- Embeddings are standardised with the mean and standard deviation of the TRAINING split only
+  (a dimension with zero variance there keeps scale 1, so a dead unit stays zero rather than
+  becoming NaN).
+- Binary target (mPCWP > 18): L2-regularised logistic regression (scikit-learn, lbfgs). The
+  inverse strength C is chosen from a grid by validation AUROC; ties go to the smaller C
+  (stronger regularisation). Scores are probabilities. The decision threshold for F1/accuracy
+  is then chosen on the validation scores (``metrics.choose_threshold``).
+- Regression target (mPCWP, mmHg): ridge regression (scikit-learn); alpha chosen by validation
+  RMSE, ties to the larger alpha.
+- The model kept is the one fit on the training split with the chosen value; validation data
+  never enters the fit.
+
+Label fractions. ``label_fraction_subsets`` shuffles the training PATIENTS once per seed and
+takes prefixes of that order, so the subsets are patient-level, deterministic in the seed, and
+nested (1% inside 10% inside 100%). A fraction f keeps ceil(f x patients) patients (at least
+one). The "limited" setting keeps EXACTLY n ECGs (the paper's 1,000 labeled ECGs): whole
+patients in the same order until n is reached, the last patient contributing only its first
+ECGs (array order) if it would overshoot. So every seed and method trains on the same number of
+labels, and at most one patient is partial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ssldml_jax.eval import bootstrap, metrics as metrics_lib
+
+DEFAULT_C_GRID = tuple(10.0 ** np.arange(-4, 3))       # 1e-4 .. 1e2
+DEFAULT_ALPHA_GRID = tuple(10.0 ** np.arange(-2, 5))   # 1e-2 .. 1e4
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+DEFAULT_LIMITED_N = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardizer:
+  mean: np.ndarray
+  scale: np.ndarray
+
+  def __call__(self, x) -> np.ndarray:
+    return (np.asarray(x, np.float64) - self.mean) / self.scale
+
+
+def fit_standardizer(x_train) -> Standardizer:
+  x = np.asarray(x_train, np.float64)
+  scale = x.std(axis=0)
+  return Standardizer(mean=x.mean(axis=0), scale=np.where(scale > 0, scale, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+  """A fitted probe with its validation search and its predictions on validation and test."""
+  task: str                         # 'binary' | 'regression'
+  hyper_name: str                   # 'C' (logistic) | 'alpha' (ridge)
+  hyper: float                      # the chosen value
+  grid: tuple                       # values tried
+  val_criterion: tuple              # validation AUROC (binary) or RMSE (regression) per value
+  val_scores: np.ndarray            # probabilities (binary) or mmHg (regression)
+  test_scores: Optional[np.ndarray]
+  threshold: Optional[float]        # binary: chosen on validation; regression: None
+  coef: np.ndarray                  # on standardised embeddings
+  intercept: float
+  standardizer: Standardizer
+  n_train: int
+  notes: tuple = ()                 # e.g. grid values at which the solver did not converge
+
+  def predict(self, x) -> np.ndarray:
+    """Scores for new embeddings, on the same scale as ``val_scores``."""
+    z = self.standardizer(_check_embeddings("x", x, self.coef.size)) @ self.coef + self.intercept
+    return _sigmoid(z) if self.task == "binary" else z
+
+  @property
+  def raw_coef(self) -> np.ndarray:
+    """Coefficients on the original embedding scale (per unit of each dimension)."""
+    return self.coef / self.standardizer.scale
+
+
+def logistic_probe(x_train, y_train, x_val, y_val, x_test=None, *,
+                   grid: Sequence[float] = DEFAULT_C_GRID, threshold_criterion: str = "f1",
+                   max_iter: int = 2000) -> ProbeResult:
+  """Logistic regression on standardised embeddings; C by validation AUROC (see module doc)."""
+  x_train, x_val, x_test = _check_splits(x_train, x_val, x_test)
+  y_train = metrics_lib.check_binary("y_train", y_train, x_train.shape[0])
+  y_val = metrics_lib.check_binary("y_val", y_val, x_val.shape[0])
+  for name, y in (("y_train", y_train), ("y_val", y_val)):
+    if y.all() or not y.any():
+      raise ValueError(f"{name}: only one class among {y.size} labels; a logistic probe needs "
+                       "both (too small a label fraction?)")
+  from sklearn.exceptions import ConvergenceWarning
+  from sklearn.linear_model import LogisticRegression
+
+  std = fit_standardizer(x_train)
+  z_train, z_val = std(x_train), std(x_val)
+  fits, criterion = [], []
+  # Increasing C with warm starts: each fit starts from the previous, more regularised solution.
+  model = LogisticRegression(max_iter=max_iter, warm_start=True)
+  notes = []
+  for c in sorted(float(c) for c in grid):
+    model.set_params(C=c)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", ConvergenceWarning)
+      model.fit(z_train, y_train)
+    for w in caught:
+      if issubclass(w.category, ConvergenceWarning):
+        notes.append(f"C={c:g}: lbfgs did not converge in max_iter={max_iter} iterations")
+      else:
+        warnings.warn(w.message, w.category)
+    coef, intercept = model.coef_[0].copy(), float(model.intercept_[0])
+    fits.append((c, coef, intercept))
+    criterion.append(metrics_lib.auroc(y_val, z_val @ coef + intercept))
+  best = int(np.argmax(criterion))  # First maximum: the smallest C among ties.
+  c, coef, intercept = fits[best]
+  val_scores = _sigmoid(z_val @ coef + intercept)
+  return ProbeResult(
+      task="binary", hyper_name="C", hyper=c, grid=tuple(f[0] for f in fits),
+      val_criterion=tuple(criterion), val_scores=val_scores,
+      test_scores=None if x_test is None else _sigmoid(std(x_test) @ coef + intercept),
+      threshold=metrics_lib.choose_threshold(y_val, val_scores, threshold_criterion),
+      coef=coef, intercept=intercept, standardizer=std, n_train=int(x_train.shape[0]),
+      notes=tuple(notes))
+
+
+def ridge_probe(x_train, y_train, x_val, y_val, x_test=None, *,
+                grid: Sequence[float] = DEFAULT_ALPHA_GRID) -> ProbeResult:
+  """Ridge regression on standardised embeddings; alpha by validation RMSE (see module doc)."""
+  x_train, x_val, x_test = _check_splits(x_train, x_val, x_test)
+  y_train = metrics_lib.check_scores("y_train", y_train, x_train.shape[0])
+  y_val = metrics_lib.check_scores("y_val", y_val, x_val.shape[0])
+  from sklearn.linear_model import Ridge
+
+  std = fit_standardizer(x_train)
+  z_train, z_val = std(x_train), std(x_val)
+  fits, criterion = [], []
+  for alpha in sorted((float(a) for a in grid), reverse=True):
+    model = Ridge(alpha=alpha).fit(z_train, y_train)
+    coef, intercept = model.coef_.copy(), float(model.intercept_)
+    fits.append((alpha, coef, intercept))
+    criterion.append(metrics_lib.rmse(y_val, z_val @ coef + intercept))
+  best = int(np.argmin(criterion))  # First minimum: the largest alpha among ties.
+  alpha, coef, intercept = fits[best]
+  return ProbeResult(
+      task="regression", hyper_name="alpha", hyper=alpha, grid=tuple(f[0] for f in fits),
+      val_criterion=tuple(criterion), val_scores=z_val @ coef + intercept,
+      test_scores=None if x_test is None else std(x_test) @ coef + intercept, threshold=None,
+      coef=coef, intercept=intercept, standardizer=std, n_train=int(x_train.shape[0]))
+
+
+# ------------------------------------------------------------------------- label fractions
+
+
+def fraction_name(fraction: float) -> str:
+  return f"{100.0 * fraction:g}%"
+
+
+def limited_name(n: int) -> str:
+  return f"n={n}"
+
+
+def label_fraction_subsets(patient_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                           limited_n: Optional[int] = DEFAULT_LIMITED_N,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+  """Training-set subsets by name ('1%', '10%', '100%', 'n=1000') -> sorted ECG indices."""
+  inverse, num_patients = bootstrap.patient_index(patient_ids)
+  order = np.random.default_rng(seed).permutation(num_patients)
+  rank = np.empty(num_patients, np.int64)
+  rank[order] = np.arange(num_patients)
+  ecg_rank = rank[inverse]                       # position of each ECG's patient in the order
+  # ECGs sorted by (patient rank, index): a prefix of this is a prefix of the patient order.
+  by_rank = np.lexsort((np.arange(inverse.size), ecg_rank))
+  out = {}
+  for f in fractions:
+    if not 0.0 < f <= 1.0:
+      raise ValueError(f"label fraction {f} must lie in (0, 1]")
+    k = max(1, math.ceil(f * num_patients - 1e-9))
+    out[fraction_name(f)] = np.flatnonzero(ecg_rank < k)
+  if limited_n is not None:
+    if not 0 < limited_n <= inverse.size:
+      raise ValueError(f"limited n={limited_n} labeled ECGs requested but the training split has "
+                       f"{inverse.size} ECGs")
+    out[limited_name(limited_n)] = np.sort(by_rank[:limited_n])
+  return out
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+  return 0.5 * (1.0 + np.tanh(0.5 * z))  # Stable for large |z|, unlike 1 / (1 + exp(-z)).
+
+
+def _check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2:
+    raise ValueError(f"{name}: expected embeddings of shape (n, d), got {x.shape}")
+  if dim is not None and x.shape[1] != dim:
+    raise ValueError(f"{name}: embedding dimension {x.shape[1]}, expected {dim}")
+  bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+  if bad.size:
+    raise ValueError(f"{name}: {bad.size} embedding(s) with NaN/inf, first at row {bad[0]}")
+  return x
+
+
+def _check_splits(x_train, x_val, x_test):
+  x_train = _check_embeddings("x_train", x_train)
+  dim = x_train.shape[1]
+  x_val = _check_embeddings("x_val", x_val, dim)
+  x_test = None if x_test is None else _check_embeddings("x_test", x_test, dim)
+  return x_train, x_val, x_test

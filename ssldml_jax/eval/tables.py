@@ -1,0 +1,257 @@
+"""Result tables as Markdown, CSV and LaTeX, cells formatted "0.812 (0.790-0.834)".
+
+A result is a flat ``Row`` (method, target, metric, point, CI, n and where it applies the
+subgroup or label fraction). A table is a pivot of rows: one line per method (and group or
+fraction), one column per metric (or fraction). Rows keep the order in which they were given.
+Two rows that would land in the same cell are an error, never a silent overwrite; a cell with
+no row shows "n/a", as does a NaN point or interval.
+
+Every table renders to the same three files with the same numbers (three decimals):
+Markdown and CSV write the cell text as above; LaTeX (booktabs) writes "0.812 (0.790--0.834)"
+with ``$-$`` for a minus sign. ``parse_cell`` reads a cell of either kind back.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import re
+from typing import Iterable, Optional, Sequence
+
+from ssldml_jax.eval import bootstrap
+
+METRIC_LABELS = {
+    "auroc": "AUROC", "auprc": "AUPRC", "f1": "F1", "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity", "specificity": "Specificity",
+    "rmse": "RMSE", "mae": "MAE", "pearson_r": "Pearson r",
+}
+CLASSIFICATION_COLUMNS = ("auroc", "auprc", "f1", "accuracy")
+REGRESSION_COLUMNS = ("rmse", "mae", "pearson_r")
+NA = "n/a"
+_NUMBER = r"(-?\d+\.\d+)"
+_CELL = re.compile(rf"^\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\))?\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  method: str
+  target: str            # 'binary' | 'regression'
+  metric: str            # a key of METRIC_LABELS
+  point: float
+  low: float
+  high: float
+  n: int                 # test ECGs behind the estimate
+  group: str = "all"     # subgroup ('female', '50-75', ...) or 'all'
+  fraction: str = "100%" # label fraction ('1%', 'n=1000', ...)
+
+  @classmethod
+  def from_estimate(cls, method: str, target: str, metric: str, estimate: bootstrap.Estimate,
+                    **kwargs) -> "Row":
+    return cls(method=method, target=target, metric=metric, point=estimate.point,
+               low=estimate.low, high=estimate.high, n=estimate.n_ecgs, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  header: tuple
+  body: tuple            # tuple of tuples of cell strings
+  caption: str = ""
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def format_cell(point: float, low: float = math.nan, high: float = math.nan,
+                digits: int = 3) -> str:
+  if not math.isfinite(point):
+    return NA
+  text = f"{point:.{digits}f}"
+  if math.isfinite(low) and math.isfinite(high):
+    text += f" ({low:.{digits}f}-{high:.{digits}f})"
+  return text
+
+
+def parse_cell(text: str, latex: bool = False) -> tuple[float, float, float]:
+  """(point, low, high) from a Markdown/CSV cell, or a LaTeX one with ``latex=True``; NaN for
+  'n/a' or a missing interval."""
+  if latex:
+    # In LaTeX '--' is only the range dash (a minus sign is '$-$'), so swap it first.
+    text = text.replace("--", " - ").replace("$-$", "-")
+  if text.strip() == NA:
+    return math.nan, math.nan, math.nan
+  m = _CELL.match(text)
+  if not m:
+    raise ValueError(f"cannot read a result from table cell {text!r}")
+  point, low, high = (float(g) if g is not None else math.nan for g in m.groups())
+  return point, low, high
+
+
+# ------------------------------------------------------------------------------- pivoting
+
+
+def pivot(rows: Iterable[Row], index: Sequence[str], column: str,
+          columns: Optional[Sequence[str]] = None, *, labels: Optional[dict] = None,
+          show_n: bool = True, caption: str = "") -> Table:
+  """One line per distinct ``index`` tuple, one column per value of the field ``column``."""
+  rows = list(rows)
+  if columns is None:
+    columns = list(dict.fromkeys(getattr(r, column) for r in rows))
+  keys, cells, ns = [], {}, {}
+  for r in rows:
+    key = tuple(getattr(r, f) for f in index)
+    col = getattr(r, column)
+    if col not in columns:
+      continue
+    if key not in ns:
+      keys.append(key)
+      ns[key] = []
+    if (key, col) in cells:
+      raise ValueError(f"two results for {dict(zip(index, key))} / {column}={col!r}")
+    cells[key, col] = format_cell(r.point, r.low, r.high)
+    ns[key].append(r.n)
+  labels = labels or {}
+  header = tuple(f.capitalize() for f in index) + (("n",) if show_n else ()) + tuple(
+      labels.get(c, c) for c in columns)
+  body = []
+  for key in keys:
+    n = "/".join(str(v) for v in dict.fromkeys(ns[key]))  # differing n are shown, not hidden
+    body.append(tuple(str(k) for k in key) + ((n,) if show_n else ()) +
+                tuple(cells.get((key, c), NA) for c in columns))
+  return Table(header=header, body=tuple(body), caption=caption)
+
+
+def classification_table(rows: Iterable[Row], caption: str = "Elevated mPCWP (> 18 mmHg)",
+                         columns: Sequence[str] = CLASSIFICATION_COLUMNS) -> Table:
+  rows = [r for r in rows if r.target == "binary" and r.group == "all" and r.fraction == "100%"]
+  return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
+
+
+def regression_table(rows: Iterable[Row], caption: str = "mPCWP regression (mmHg)",
+                     columns: Sequence[str] = REGRESSION_COLUMNS) -> Table:
+  rows = [r for r in rows
+          if r.target == "regression" and r.group == "all" and r.fraction == "100%"]
+  return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
+
+
+def subgroup_table(rows: Iterable[Row], target: str = "binary",
+                   columns: Optional[Sequence[str]] = None,
+                   caption: str = "Subgroups (sex, age band)") -> Table:
+  columns = columns or (CLASSIFICATION_COLUMNS if target == "binary" else REGRESSION_COLUMNS)
+  rows = [r for r in rows if r.target == target and r.group != "all"]
+  return pivot(rows, ("method", "group"), "metric", columns, labels=METRIC_LABELS,
+               caption=caption)
+
+
+def label_fraction_table(rows: Iterable[Row], metric: str = "auroc",
+                         caption: str = "") -> Table:
+  rows = [r for r in rows if r.metric == metric and r.group == "all"]
+  fractions = sorted(dict.fromkeys(r.fraction for r in rows), key=_fraction_key)
+  return pivot(rows, ("method",), "fraction", fractions, labels={}, show_n=False,
+               caption=caption or f"{METRIC_LABELS.get(metric, metric)} by label fraction")
+
+
+def _fraction_key(name: str) -> tuple:
+  """Percentages ascending, then fixed label counts ('n=1000') ascending, then anything else."""
+  try:
+    if name.endswith("%"):
+      return (0, float(name[:-1]), name)
+    if name.startswith("n="):
+      return (1, float(name[2:]), name)
+  except ValueError:
+    pass
+  return (2, 0.0, name)
+
+
+def pvalue_table(results: Iterable[tuple[str, object]],
+                 caption: str = "Subgroup differences (patient-level permutation test)") -> Table:
+  """``results``: (method, subgroups.PermutationResult) pairs."""
+  body = []
+  for method, r in results:
+    body.append((method, METRIC_LABELS.get(r.metric, r.metric), f"{r.group_a} vs {r.group_b}",
+                 format_cell(r.value_a), format_cell(r.value_b), format_cell(r.difference),
+                 NA if not math.isfinite(r.p_value) else f"{r.p_value:.3f}"))
+  header = ("Method", "Metric", "Groups", "A", "B", "A - B", "p")
+  return Table(header=header, body=tuple(body), caption=caption)
+
+
+# -------------------------------------------------------------------------------- writers
+
+
+def to_markdown(table: Table) -> str:
+  def line(cells):
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+  out = [line(table.header), "|" + "|".join("---" for _ in table.header) + "|"]
+  out += [line(r) for r in table.body]
+  return (f"**{table.caption}**\n\n" if table.caption else "") + "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(table.header)
+  writer.writerows(table.body)
+  return buffer.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", ">": r"$>$", "<": r"$<$"}
+
+
+def latex_escape(text: str) -> str:
+  return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex_cell(text: str) -> str:
+  if text != NA and _CELL.match(text):
+    point, low, high = parse_cell(text)
+    digits = len(text.split()[0].split(".")[1])
+
+    def num(v):
+      s = f"{abs(v):.{digits}f}"
+      return ("$-$" if v < 0 else "") + s
+    out = num(point)
+    if math.isfinite(low):
+      out += f" ({num(low)}--{num(high)})"
+    return out
+  return latex_escape(text)
+
+
+def to_latex(table: Table) -> str:
+  spec = "l" * len(table.header)
+  lines = [r"\begin{table}[t]", r"\centering"]
+  if table.caption:
+    lines.append(rf"\caption{{{latex_escape(table.caption)}}}")
+  lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+            " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
+  lines += [" & ".join(_latex_cell(c) for c in row) + r" \\" for row in table.body]
+  lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+  return "\n".join(lines) + "\n"
+
+
+def write_table(table: Table, path_stem: str) -> list[str]:
+  """Writes ``path_stem`` + .md, .csv and .tex; returns the paths."""
+  directory = os.path.dirname(path_stem)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  paths = []
+  for ext, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
+    with open(path_stem + ext, "w", encoding="utf-8") as f:
+      f.write(render(table))
+    paths.append(path_stem + ext)
+  return paths
+
+
+def read_latex_body(text: str) -> list[list[str]]:
+  """Cells of the body lines of a table written by ``to_latex`` (for checks and scripts)."""
+  lines = text.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0].strip().splitlines()
+  return [[c.strip() for c in line.rstrip().removesuffix(r"\\").split(" & ")] for line in lines]
+
+
+def read_markdown_body(text: str) -> list[list[str]]:
+  """Cells of the body lines of a table written by ``to_markdown``."""
+  lines = [l for l in text.splitlines() if l.startswith("|")][2:]
+  return [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", l)[1:-1]] for l in lines]

@@ -1,0 +1,114 @@
+"""Tables render to Markdown, CSV and LaTeX that parse back to the same numbers; plots write."""
+
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+
+from ssldml_jax.eval import bootstrap as B
+from ssldml_jax.eval import subgroups as S
+from ssldml_jax.eval import tables as T
+
+
+def _rows():
+  est = B.Estimate(point=0.8123, low=0.7901, high=0.8344, n_ecgs=500, n_patients=200,
+                   n_resamples=1000)
+  return [
+      T.Row.from_estimate("SSL-DML", "binary", "auroc", est),
+      T.Row("SSL-DML", "binary", "auprc", 0.61, 0.55, 0.67, 500),
+      T.Row("SSL-DML", "binary", "f1", 0.58, 0.52, 0.63, 500),
+      T.Row("random_init", "binary", "auroc", 0.7004, 0.6712, 0.7288, 480),
+      T.Row("random_init", "binary", "accuracy", 0.7, math.nan, math.nan, 480),
+      T.Row("SSL-DML", "regression", "pearson_r", -0.12, -0.2049, -0.0401, 500),
+      T.Row("SSL-DML", "regression", "rmse", 7.891, 7.5, 8.3, 500),
+      T.Row("SSL-DML", "binary", "auroc", 0.75, 0.7, 0.8, 100, group="female"),
+      T.Row("SSL-DML", "binary", "auroc", 0.77, 0.72, 0.82, 120, group=">=75"),
+      T.Row("SSL-DML", "binary", "auroc", 0.66, 0.6, 0.71, 500, fraction="1%"),
+      T.Row("SSL-DML", "binary", "auroc", 0.71, 0.66, 0.75, 500, fraction="n=1000"),
+  ]
+
+
+def _numbers(table):
+  return [[T.parse_cell(c) for c in row[2:]] for row in table.body]
+
+
+def _same(a, b):
+  return all(x == pytest.approx(y, abs=5e-4) or (math.isnan(x) and math.isnan(y))
+             for ra, rb in zip(a, b) for ca, cb in zip(ra, rb) for x, y in zip(ca, cb))
+
+
+def test_classification_table_round_trips(tmp_path):
+  table = T.classification_table(_rows())
+  assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy")
+  assert table.body[0][:3] == ("SSL-DML", "500", "0.812 (0.790-0.834)")
+  assert table.body[1][1:] == ("480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700")
+  paths = T.write_table(table, str(tmp_path / "sub" / "classification"))
+  md, text_csv, tex = (open(p).read() for p in paths)
+  want = _numbers(table)
+  assert want[0][0] == pytest.approx((0.812, 0.790, 0.834))
+  md_body = T.read_markdown_body(md)
+  csv_rows = list(csv.reader(io.StringIO(text_csv)))
+  tex_body = T.read_latex_body(tex)
+  assert tuple(csv_rows[0]) == table.header
+  assert _same([[T.parse_cell(c) for c in r[2:]] for r in md_body], want)
+  assert _same([[T.parse_cell(c) for c in r[2:]] for r in csv_rows[1:]], want)
+  assert _same([[T.parse_cell(c, latex=True) for c in r[2:]] for r in tex_body], want)
+  assert [r[0] for r in tex_body] == ["SSL-DML", "random\\_init"]
+  assert "\\toprule" in tex and "0.812 (0.790--0.834)" in tex
+
+
+def test_negative_numbers_and_latex_minus():
+  table = T.regression_table(_rows())
+  assert table.body[0][2:] == ("7.891 (7.500-8.300)", "n/a", "-0.120 (-0.205--0.040)")
+  assert T.parse_cell("-0.120 (-0.205--0.040)") == (-0.12, -0.205, -0.04)
+  tex = T.to_latex(table)
+  assert "$-$0.120 ($-$0.205--$-$0.040)" in tex
+  cells = T.read_latex_body(tex)[0]
+  assert T.parse_cell(cells[4], latex=True) == (-0.12, -0.205, -0.04)
+  assert T.parse_cell("0.812 (0.790--0.834)", latex=True) == (0.812, 0.79, 0.834)
+
+
+def test_subgroup_fraction_and_pvalue_tables():
+  rows = _rows()
+  sub = T.subgroup_table(rows)
+  assert [r[:3] for r in sub.body] == [("SSL-DML", "female", "100"), ("SSL-DML", ">=75", "120")]
+  assert "$>$=75" in T.to_latex(sub)
+  frac = T.label_fraction_table(rows)
+  assert frac.header == ("Method", "1%", "100%", "n=1000")  # conventional order, not input order
+  assert frac.body[0] == ("SSL-DML", "0.660 (0.600-0.710)", "0.812 (0.790-0.834)",
+                          "0.710 (0.660-0.750)")
+  assert frac.body[1] == ("random_init", "n/a", "0.700 (0.671-0.729)", "n/a")
+  result = S.PermutationResult("auroc", "female", "male", 0.8, 0.75, 0.05, 0.0312, 1000, 0, 50, 60)
+  pv = T.pvalue_table([("SSL-DML", result)])
+  assert pv.body[0] == ("SSL-DML", "AUROC", "female vs male", "0.800", "0.750", "0.050", "0.031")
+  assert "| SSL-DML | AUROC | female vs male |" in T.to_markdown(pv)
+
+
+def test_duplicate_results_are_an_error():
+  rows = _rows() + [T.Row("SSL-DML", "binary", "auroc", 0.9, 0.8, 0.95, 500)]
+  with pytest.raises(ValueError, match="two results for {'method': 'SSL-DML'} / metric='auroc'"):
+    T.classification_table(rows)
+
+
+def test_plots_write_pngs_and_pca_matches_sklearn(tmp_path):
+  from sklearn.decomposition import PCA
+
+  from ssldml_jax.eval import plots
+
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(80, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 0.5, 0.1])
+  proj, ratio = plots.pca_2d(emb)
+  ref = PCA(n_components=2).fit(emb)
+  np.testing.assert_allclose(np.abs(proj), np.abs(ref.transform(emb)), atol=1e-8)
+  np.testing.assert_allclose(ratio, ref.explained_variance_ratio_)
+  y = rng.random(80) < 0.4
+  prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 80), 0, 1)
+  curves = {"a": (y, prob), "b": (y, rng.random(80))}
+  for path in (plots.plot_roc_pr(curves, str(tmp_path / "roc_pr.png")),
+               plots.plot_calibration(curves, str(tmp_path / "calibration.png")),
+               plots.plot_embedding_projection(emb, rng.normal(16, 8, 80),
+                                               str(tmp_path / "proj.png"), max_points=50)):
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
