@@ -95,3 +95,30 @@ def shard_batch(batch: dict, num_devices: Optional[int] = None) -> dict:
     return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
   return jax.tree.map(reshape, batch)
+
+
+# Environment variables through which launch/multiprocess.sh (and any custom launcher) tells a process
+# where the coordinator is. TPU VM pods and SLURM need none of them: jax.distributed auto-detects those.
+ENV_COORDINATOR = "SSLDML_COORDINATOR"
+ENV_NUM_PROCESSES = "SSLDML_NUM_PROCESSES"
+ENV_PROCESS_ID = "SSLDML_PROCESS_ID"
+ENV_MULTIHOST = "SSLDML_MULTIHOST"  # "1": call jax.distributed.initialize() with auto-detection.
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run when the launcher asked for one; a no-op for a single process.
+
+  Must run before any other JAX call. On CPU the cross-process collectives go through gloo.
+  """
+  import os  # Local: the rest of the module has no business with the environment.
+
+  coordinator = os.environ.get(ENV_COORDINATOR)
+  if coordinator:
+    # Only CPU collectives read this; asking for the backend here would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+        process_id=int(os.environ[ENV_PROCESS_ID]))
+  elif os.environ.get(ENV_MULTIHOST) == "1":
+    jax.distributed.initialize()
