@@ -17,3 +17,12 @@ def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("ssldml_data")
   os.environ["SSLDML_DATA_DIR"] = str(path)
   return str(path)
+
+
+@pytest.fixture(scope="session")
+def ecg_synth_tiny(data_dir):
+  """``ecg_synth/tiny`` built once per test process into ``data_dir``; returns its builder."""
+  import tensorflow_datasets as tfds
+  from ssldml_jax.data import build
+  tfds.disable_progress_bar()
+  return build.ensure_built("ecg_synth/tiny", data_dir)

@@ -1,0 +1,520 @@
+"""The grain input pipeline: TFDS array_record splits to device-shaped host batches.
+
+Training batches come from a grain ``DataLoader`` over the split's records: each process reads its
+own shard (``jax.process_index()`` of ``jax.process_count()``, equal-sized, remainder dropped), an
+``IndexSampler`` reshuffles the shard every epoch from the seed, and grain transforms decode int16
+microvolts to float32 millivolts, resample to ``config.data.sampling_rate``, optionally band-pass,
+and shape ``[local_devices, per_device_batch, T, 12]``. The record stream runs on across epoch
+boundaries (only the end of a finite run drops a remainder), so an epoch is ``steps_per_epoch``
+batches. A background thread keeps ``config.data.prefetch`` batches ready; ``get_state()``
+describes the position after the last batch *handed out* (not the last one prefetched), so a
+checkpoint resumes mid-epoch exactly.
+
+Evaluation batches visit every example of a split exactly once over all processes: each process
+takes a contiguous slice, the last batch is padded to full shape and ``mask`` marks the real rows,
+and every process yields the same number of batches (extra ones fully masked) so that collective
+steps stay in lockstep.
+
+Batch dict: ``ecg`` float32, ``pcwp`` / ``age`` float32 (NaN unknown), ``sex`` int32 (-1 unknown),
+``mask`` bool (all True in training), ``ecg_id`` / ``patient_id`` numpy str arrays (host only: drop
+them before ``jax.device_put``), every array with the leading ``[devices, per_device]`` axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import queue
+import threading
+from typing import Any, Iterator, Optional
+
+from absl import flags
+import grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
+
+from ssldml_jax import cli
+from ssldml_jax.data import build, records
+
+HOST_ONLY_KEYS = ("ecg_id", "patient_id")
+_LABEL_KEYS = ("pcwp", "age", "sex")
+# Records are read and decoded in the prefetch thread itself (about 140 us of CPU per 2500 x 12
+# record, mostly grain's per-record bookkeeping and zstd). grain's extra reader threads cost more
+# CPU per record than they save on a small host, and array_record serialises concurrent reads.
+_READ_OPTIONS = dict(num_threads=0, prefetch_buffer_size=0)
+
+
+# --- Config -------------------------------------------------------------------------------------
+
+def _settings(data_config: ml_collections.ConfigDict, stored_rate: Optional[int] = None) -> dict:
+  """Checks the ``config.data`` keys the pipeline reads; bad values name their key.
+
+  Called once before the dataset is opened (or built), so that a typo fails at once, and again
+  with the stored rate, which ``sampling_rate=None`` stands for.
+  """
+  c = data_config
+  for key, low in (("per_device_batch_size", 1), ("eval_per_device_batch_size", 1),
+                   ("num_workers", 0), ("prefetch", 0)):
+    if not (isinstance(c[key], int) and not isinstance(c[key], bool) and c[key] >= low):
+      raise cli.ConfigError(f"config.data.{key}={c[key]!r} must be an integer >= {low}")
+  rate = c.sampling_rate
+  if rate is None:
+    rate = stored_rate
+  elif not (isinstance(rate, int) and rate >= 1):
+    raise cli.ConfigError(f"config.data.sampling_rate={rate!r} must be a positive integer (Hz)")
+  band = c.bandpass
+  if band is not None:
+    nyquist = math.inf if rate is None else rate / 2
+    ok = (isinstance(band, (tuple, list)) and len(band) == 2
+          and all(isinstance(b, (int, float)) for b in band) and 0 < band[0] < band[1] < nyquist)
+    if not ok:
+      raise cli.ConfigError(f"config.data.bandpass={band!r} must be None or (low_hz, high_hz) "
+                            f"with 0 < low < high < {rate / 2:g} (Nyquist at {rate} Hz)")
+    band = (float(band[0]), float(band[1]))
+  _worker_ready(c.num_workers)
+  if rate is not None:
+    rate = int(rate)
+  return {"rate": rate, "bandpass": band, "shuffle": bool(c.shuffle),
+          "per_device": c.per_device_batch_size, "eval_per_device": c.eval_per_device_batch_size,
+          "num_workers": c.num_workers, "prefetch": c.prefetch}
+
+
+def _worker_ready(num_workers: int) -> None:
+  """grain's worker processes read absl flags; outside an absl program they hold their defaults."""
+  if num_workers and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def load_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The builder of ``config.data.name``, built first when missing and ``build_if_missing``."""
+  try:
+    return build.ensure_built(data_config.name, data_config.get("data_dir"),
+                              build_if_missing=bool(data_config.get("build_if_missing", True)))
+  except (build.DatasetError, records.BadRecordError) as e:
+    # BadRecordError: a real dataset that needs --manual_dir cannot be built on the fly.
+    raise cli.ConfigError(f"config.data.name={data_config.name!r}: {e}") from None
+
+
+def _stored_format(builder: tfds.core.DatasetBuilder) -> tuple[int, int]:
+  """(sampling rate, samples) of the records as stored."""
+  num_samples = int(builder.info.features["ecg"].shape[0])
+  rate = (builder.info.metadata or {}).get("sampling_rate")
+  if rate is None:
+    config = builder.builder_config
+    rate = getattr(config, "sampling_rate", None)
+  if rate is None:
+    raise ValueError(f"{builder.info.full_name}: no sampling_rate in its metadata or config")
+  return int(rate), num_samples
+
+
+def _model_num_samples(num_samples: int, rate_in: int, rate_out: int) -> int:
+  return records.resample(np.zeros((num_samples, 1), np.float32), rate_in, rate_out).shape[0]
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, split: str, key: str) -> int:
+  splits = builder.info.splits
+  if split not in splits:
+    raise cli.ConfigError(f"{key}={split!r} is not a split of {builder.info.full_name} (has "
+                          f"{', '.join(sorted(splits))})")
+  return int(splits[split].num_examples)
+
+
+def dataset_info(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Examples per split and the record shape the model sees (after resampling)."""
+  _settings(data_config)
+  builder = load_builder(data_config)
+  stored_rate, stored_samples = _stored_format(builder)
+  settings = _settings(data_config, stored_rate)
+  return {
+      "name": builder.info.full_name,
+      "data_dir": str(builder.data_dir),
+      "splits": {name: int(split.num_examples) for name, split in builder.info.splits.items()},
+      "sampling_rate": settings["rate"],
+      "num_samples": _model_num_samples(stored_samples, stored_rate, settings["rate"]),
+      "stored_sampling_rate": stored_rate,
+      "stored_num_samples": stored_samples,
+      "leads": records.LEADS,
+  }
+
+
+def steps_per_epoch(num_examples: int, data_config: ml_collections.ConfigDict, *,
+                    num_devices: Optional[int] = None, process_count: Optional[int] = None) -> int:
+  """Training batches per epoch of a split of ``num_examples`` (remainders are dropped)."""
+  num_devices = num_devices or jax.local_device_count()
+  process_count = process_count or jax.process_count()
+  return (num_examples // process_count) // (num_devices * data_config.per_device_batch_size)
+
+
+# --- Records and transforms ---------------------------------------------------------------------
+
+class _Records:
+  """A split's records, decoded, optionally a subset of their indices, with a path-free repr.
+
+  grain stores ``repr(source)`` in the iterator state and checks it on restore, so the repr names
+  the dataset and subset but not the directory: a checkpoint survives moving the data.
+  """
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
+               indices: Optional[np.ndarray] = None, subset: str = "all"):
+    self._name, self._split = builder.info.full_name, split
+    self._indices, self._subset = indices, subset
+    ecg = builder.info.features["ecg"]
+    if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
+      self._source = builder.as_data_source(
+          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+      self._decode = functools.partial(_parse_example, shape=tuple(ecg.shape))
+    else:  # A dataset written by another tool: TFDS's generic (slower) decoder.
+      self._source = builder.as_data_source(split)
+      self._decode = _from_tfds
+    self._builder = builder
+
+  def subset(self, indices: np.ndarray, name: str) -> "_Records":
+    return _Records(self._builder, self._split, indices, name)
+
+  def __len__(self) -> int:
+    return len(self._source) if self._indices is None else len(self._indices)
+
+  def __getitem__(self, index: int) -> dict:
+    if self._indices is not None:
+      index = int(self._indices[index])
+    return self._decode(self._source[index])
+
+  def __repr__(self) -> str:
+    return f"Records({self._name}, split={self._split}, subset={self._subset}, n={len(self)})"
+
+
+def _parse_example(raw: bytes, shape: tuple[int, int]) -> dict:
+  """Decodes one stored ``tf.train.Example`` of ``tfds_common.ecg_features``.
+
+  About twice as fast as TFDS's generic NumPy decoder, which matters at thousands of ECGs per
+  second on a small host; the tests check that both decoders agree.
+  """
+  feature = tf_example_pb2.Example.FromString(raw).features.feature
+  return {
+      "ecg": np.frombuffer(feature["ecg"].bytes_list.value[0], np.int16).reshape(shape),
+      "ecg_id": feature["ecg_id"].bytes_list.value[0].decode("utf-8"),
+      "patient_id": feature["patient_id"].bytes_list.value[0].decode("utf-8"),
+      "pcwp": np.float32(feature["pcwp"].float_list.value[0]),
+      "age": np.float32(feature["age"].float_list.value[0]),
+      "sex": np.int32(feature["sex"].int64_list.value[0]),
+      "sampling_rate": int(feature["sampling_rate"].int64_list.value[0]),
+  }
+
+
+def _from_tfds(record: dict) -> dict:
+  return {"ecg": record["ecg"], "ecg_id": _text(record["ecg_id"]),
+          "patient_id": _text(record["patient_id"]), "pcwp": np.float32(record["pcwp"]),
+          "age": np.float32(record["age"]), "sex": np.int32(record["sex"]),
+          "sampling_rate": int(record["sampling_rate"])}
+
+
+class _ToExample(grain.transforms.Map):
+  """Checks a decoded record's rate and keeps the fields a batch carries."""
+
+  def __init__(self, stored_rate: int):
+    self._rate = stored_rate
+
+  def map(self, record: dict) -> dict:
+    if record["sampling_rate"] != self._rate:
+      raise ValueError(f"record {record['ecg_id']}: sampling rate {record['sampling_rate']} Hz, "
+                       f"but the dataset's is {self._rate} Hz")
+    return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class _ToDeviceBatch(grain.transforms.Map):
+  """A stacked batch to model input: millivolts at the model rate, padded, ``[devices, n, ...]``."""
+
+  def __init__(self, *, stored_rate: int, rate: int, bandpass: Optional[tuple[float, float]],
+               num_devices: int, per_device: int):
+    self._stored_rate, self._rate, self._bandpass = stored_rate, rate, bandpass
+    self._num_devices, self._per_device = num_devices, per_device
+
+  def map(self, batch: dict) -> dict:
+    # records.int16_uv_to_mv in one pass over the batch (int16 -> float32 is exact).
+    ecg = np.multiply(batch["ecg"], np.float32(1e-3), dtype=np.float32)
+    # Resampling and filtering whole batches along time is one vectorised call instead of one
+    # per record.
+    if self._stored_rate != self._rate:
+      ecg = records.resample(ecg, self._stored_rate, self._rate, axis=1)
+    if self._bandpass is not None:
+      ecg = records.bandpass(ecg, self._rate, *self._bandpass, axis=1)
+    out = {"ecg": np.asarray(ecg, np.float32), "mask": np.ones(len(ecg), bool)}
+    for key in _LABEL_KEYS + HOST_ONLY_KEYS:
+      out[key] = batch[key]
+    return _to_devices(_pad(out, self._num_devices * self._per_device), self._num_devices)
+
+
+def _pad(batch: dict, size: int) -> dict:
+  """Pads every field to ``size`` rows; padded rows have ``mask`` False, NaN labels, '' ids."""
+  missing = size - len(batch["mask"])
+  if missing <= 0:
+    return batch
+  fill = {"ecg": 0.0, "mask": False, "pcwp": np.nan, "age": np.nan, "sex": records.SEX_UNKNOWN,
+          "ecg_id": "", "patient_id": ""}
+  return {key: np.concatenate([value, np.full((missing,) + value.shape[1:], fill[key],
+                                              value.dtype)])
+          for key, value in batch.items()}
+
+
+def _to_devices(batch: dict, num_devices: int) -> dict:
+  return {key: value.reshape((num_devices, -1) + value.shape[1:]) for key, value in batch.items()}
+
+
+def _empty_batch(num_devices: int, per_device: int, num_samples: int) -> dict:
+  """A batch of padding only (``mask`` all False): what a process with nothing left yields."""
+  size = num_devices * per_device
+  batch = {"ecg": np.zeros((0, num_samples, records.NUM_LEADS), np.float32),
+           "mask": np.zeros(0, bool), "pcwp": np.zeros(0, np.float32),
+           "age": np.zeros(0, np.float32), "sex": np.zeros(0, np.int32),
+           "ecg_id": np.zeros(0, "<U1"), "patient_id": np.zeros(0, "<U1")}
+  return _to_devices(_pad(batch, size), num_devices)
+
+
+# --- Background prefetch --------------------------------------------------------------------------
+
+_END = object()
+
+
+class _Failure:
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+class _Prefetcher:
+  """Runs a grain iterator ``depth`` batches ahead in a daemon thread.
+
+  Each batch travels with the iterator state taken right after it, which is what a checkpoint
+  must store once the consumer has that batch.
+  """
+
+  def __init__(self, iterator: Any, depth: int):
+    self._iterator = iterator
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="ssldml-prefetch", daemon=True)
+    self._thread.start()
+
+  def _run(self) -> None:
+    try:
+      for batch in self._iterator:
+        if not self._put((batch, self._iterator.get_state())):
+          return
+      self._put(_END)
+    except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the consumer.
+      self._put(_Failure(e))
+
+  def _put(self, item: Any) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def next(self) -> tuple[dict, bytes]:
+    item = self._queue.get()
+    if item is _END:
+      self._queue.put(_END)  # Stay exhausted on later calls.
+      raise StopIteration
+    if isinstance(item, _Failure):
+      self._queue.put(item)
+      raise item.error
+    return item
+
+  def stop(self) -> None:
+    self._stop.set()
+
+  def close(self) -> None:
+    self.stop()
+    self._thread.join()
+
+
+class Batches:
+  """Batches from a grain ``DataLoader``, prefetched, with the state of the last one returned.
+
+  ``num_examples``: the records this process reads per epoch; ``steps_per_epoch``: the batches
+  they make (after ``require_pcwp`` filtering, unlike a count from ``dataset_info``).
+  """
+
+  def __init__(self, loader: grain.DataLoader, prefetch: int, *, num_examples: int = 0,
+               batch_size: int = 1):
+    self._loader, self._prefetch = loader, prefetch
+    self.num_examples = num_examples
+    self.steps_per_epoch = num_examples // batch_size
+    self._prefetcher = None
+    self._start(None)
+
+  def _start(self, state: Optional[bytes]) -> None:
+    iterator = iter(self._loader)
+    if state is not None:
+      iterator.set_state(state)
+    self._state = iterator.get_state()
+    self._iterator = iterator
+    self._prefetcher = _Prefetcher(iterator, self._prefetch) if self._prefetch else None
+
+  def __iter__(self) -> "Batches":
+    return self
+
+  def __next__(self) -> dict:
+    if self._prefetcher is None:
+      batch = next(self._iterator)
+      self._state = self._iterator.get_state()
+      return batch
+    batch, self._state = self._prefetcher.next()
+    return batch
+
+  def get_state(self) -> bytes:
+    """JSON bytes (grain's state) for the position after the last batch returned."""
+    return self._state
+
+  def set_state(self, state: bytes) -> None:
+    """Continues from a ``get_state()`` of an iterator made with the same arguments."""
+    self.close()
+    self._start(state)
+
+  def close(self) -> None:
+    """Stops the prefetch thread (also done when the iterator is garbage-collected)."""
+    if self._prefetcher is not None:
+      self._prefetcher.close()
+      self._prefetcher = None
+
+  def __del__(self) -> None:
+    if getattr(self, "_prefetcher", None) is not None:
+      self._prefetcher.stop()
+
+
+# --- Entry points -------------------------------------------------------------------------------
+
+def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f"process_index {index} is outside [0, {count})")
+  return index, count
+
+
+def _known_pcwp(source: Any) -> np.ndarray:
+  """Indices of the records whose pcwp is known (reads the split once)."""
+  return np.array([i for i in range(len(source)) if np.isfinite(source[i]["pcwp"])], np.int64)
+
+
+def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
+                        split: Optional[str] = None, num_epochs: Optional[int] = None,
+                        require_pcwp: bool = False, num_devices: Optional[int] = None,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> Batches:
+  """Shuffled, drop-remainder training batches of ``split`` (``config.data.train_split``).
+
+  ``num_epochs=None`` repeats forever. ``require_pcwp`` keeps only records with a known mPCWP
+  (the supervised methods: ``split='train'``). The returned iterator has ``get_state()`` /
+  ``set_state(bytes)`` and ``close()``.
+  """
+  builder = load_builder(data_config)
+  stored_rate, _ = _stored_format(builder)
+  settings = _settings(data_config, stored_rate)
+  split = split or data_config.train_split
+  _check_split(builder, split, "config.data.train_split")
+  num_devices = num_devices or jax.local_device_count()
+  index, count = _process(process_index, process_count)
+
+  source = _Records(builder, split)
+  if require_pcwp:
+    source = source.subset(_known_pcwp(source), "known_pcwp")
+  batch_size = num_devices * settings["per_device"]
+  per_process = len(source) // count
+  if per_process < batch_size:
+    raise cli.ConfigError(
+        f"config.data.per_device_batch_size={settings['per_device']} x {num_devices} devices = "
+        f"{batch_size} exceeds the {per_process} training examples per process of "
+        f"{builder.info.full_name} split {split!r}"
+        + (" with a known pcwp" if require_pcwp else ""))
+  shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=settings["shuffle"],
+      num_epochs=num_epochs, seed=int(seed) % 2**32)
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler, shard_options=shard,
+      operations=[_ToExample(stored_rate),
+                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+                  _ToDeviceBatch(stored_rate=stored_rate, rate=settings["rate"],
+                                 bandpass=settings["bandpass"], num_devices=num_devices,
+                                 per_device=settings["per_device"])],
+      worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
+  return Batches(loader, settings["prefetch"], num_examples=per_process, batch_size=batch_size)
+
+
+class EvalBatches:
+  """Every example of a split exactly once over all processes, in padded, masked batches.
+
+  Iterable any number of times (each pass starts from the first example); ``len()`` is the
+  number of batches, the same on every process.
+  """
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, settings: dict, *,
+               num_devices: int, process_index: int, process_count: int):
+    stored_rate, stored_samples = _stored_format(builder)
+    self._settings, self._num_devices = settings, num_devices
+    self._stored_rate = stored_rate
+    self._num_samples = _model_num_samples(stored_samples, stored_rate, settings["rate"])
+    total = _check_split(builder, split, "split")
+    mine = np.array_split(np.arange(total), process_count)[process_index]
+    self.num_examples = len(mine)
+    self._batch_size = num_devices * settings["eval_per_device"]
+    largest = math.ceil(total / process_count)
+    self._num_batches = math.ceil(largest / self._batch_size)
+    self._source = _Records(builder, split, mine, f"process{process_index}of{process_count}")
+
+  def __len__(self) -> int:
+    return self._num_batches
+
+  def __iter__(self) -> Iterator[dict]:
+    produced = 0
+    if len(self._source):
+      sampler = grain.samplers.IndexSampler(num_records=len(self._source), shuffle=False,
+                                            num_epochs=1)
+      loader = grain.DataLoader(
+          data_source=self._source, sampler=sampler, shard_options=grain.sharding.NoSharding(),
+          operations=[_ToExample(self._stored_rate),
+                      grain.transforms.Batch(batch_size=self._batch_size, drop_remainder=False),
+                      _ToDeviceBatch(stored_rate=self._stored_rate, rate=self._settings["rate"],
+                                     bandpass=self._settings["bandpass"],
+                                     num_devices=self._num_devices,
+                                     per_device=self._settings["eval_per_device"])],
+          worker_count=self._settings["num_workers"],
+          read_options=grain.ReadOptions(**_READ_OPTIONS))
+      batches = Batches(loader, self._settings["prefetch"])
+      try:
+        for batch in batches:
+          produced += 1
+          yield batch
+      finally:
+        batches.close()
+    for _ in range(self._num_batches - produced):
+      yield _empty_batch(self._num_devices, self._settings["eval_per_device"], self._num_samples)
+
+
+def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *,
+                       num_devices: Optional[int] = None, process_index: Optional[int] = None,
+                       process_count: Optional[int] = None) -> EvalBatches:
+  """Padded evaluation batches of ``split`` (``config.data.eval_per_device_batch_size``)."""
+  _settings(data_config)
+  builder = load_builder(data_config)
+  stored_rate, _ = _stored_format(builder)
+  index, count = _process(process_index, process_count)
+  return EvalBatches(builder, split, _settings(data_config, stored_rate),
+                     num_devices=num_devices or jax.local_device_count(), process_index=index,
+                     process_count=count)
+
+
+def device_arrays(batch: dict) -> dict:
+  """The part of a batch that goes to the devices (drops the host-only string ids)."""
+  return {key: value for key, value in batch.items() if key not in HOST_ONLY_KEYS}
+
