@@ -1,0 +1,200 @@
+"""Triplet miners with static shapes: jittable, vmappable, no Python loops over samples.
+
+Every miner returns one candidate triplet per anchor as ``Triplets(anchors, positives,
+negatives, valid)``: int32 arrays of length ``n_anchors`` holding row indices into the candidate
+set, and a bool mask. A row whose tuple could not be formed has ``valid = False`` and its positive
+and negative point at the anchor itself, so that gathers stay in range; losses skip it.
+
+Global batch. A miner's input is rectangular, ``(n_anchors, n_candidates)`` (a distance matrix)
+or ``(n_candidates,)`` labels with ``num_anchors``: row ``i`` is candidate ``offset + i``. Each
+device passes its own rows against the batch gathered from all devices with
+``offset = parallel.global_offset(n_local)``; the column ``offset + i`` (the anchor itself) is never
+a positive or a negative. A single device is the square case, ``offset = 0``.
+
+Ties. Every "nearest"/"farthest"/"hardest" choice breaks ties towards the lowest candidate index
+(``jnp.argmin``/``jnp.argmax``/``lax.top_k`` semantics).
+
+Randomness. Random choices are uniform over the allowed candidates and are drawn from
+``fold_in(key, global anchor index)``: pass the *same* key on every device (the step key, not a
+per-device key) and the mined triplets do not depend on how the batch is split over devices.
+
+Masks. ``mask`` / ``valid_labels`` are ``(n_candidates,)`` bool (the gathered batch): a False row
+(padding, missing label) is never a positive or a negative, and as an anchor it yields an invalid
+tuple. NaN labels and non-finite raw distances count as missing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class Triplets(NamedTuple):
+  anchors: jax.Array    # (n,) int32, global index of each anchor: offset + arange(n).
+  positives: jax.Array  # (n,) int32
+  negatives: jax.Array  # (n,) int32
+  valid: jax.Array      # (n,) bool
+
+
+# Streams folded into the per-anchor key so that positive and negative draws are independent.
+_POSITIVE_STREAM, _NEGATIVE_STREAM = 0, 1
+
+
+def _setup(n_anchors: int, n_candidates: int, offset, mask: Optional[jax.Array]):
+  """Anchor ids, the (n, N) 'another usable candidate' mask and the per-anchor usability."""
+  if n_anchors > n_candidates:
+    raise ValueError(f"{n_anchors} anchors but only {n_candidates} candidates: anchors are rows "
+                     "of the candidate set")
+  anchors = jnp.asarray(offset, jnp.int32) + jnp.arange(n_anchors, dtype=jnp.int32)
+  cols = jnp.arange(n_candidates, dtype=jnp.int32)
+  others = cols[None, :] != anchors[:, None]
+  if mask is None:
+    return anchors, others, jnp.ones((n_anchors,), bool)
+  mask = jnp.asarray(mask, bool)
+  if mask.shape != (n_candidates,):
+    raise ValueError(f"mask/valid_labels has shape {mask.shape}, expected ({n_candidates},)")
+  return anchors, others & mask[None, :], mask[anchors]
+
+
+def _argbest(scores: jax.Array, allowed: jax.Array, largest: bool):
+  """Row-wise arg-min/max over allowed entries (lowest index on ties) and whether any exists."""
+  fill = -jnp.inf if largest else jnp.inf
+  masked = jnp.where(allowed, scores, fill)
+  idx = jnp.argmax(masked, axis=1) if largest else jnp.argmin(masked, axis=1)
+  return idx.astype(jnp.int32), allowed.any(axis=1)
+
+
+def _anchor_keys(key: jax.Array, anchors: jax.Array, stream: int) -> jax.Array:
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(anchors)
+
+
+def _random_choice(key: jax.Array, anchors: jax.Array, allowed: jax.Array, stream: int):
+  """One allowed column per row, uniformly at random, and whether any exists."""
+  keys = _anchor_keys(key, anchors, stream)
+  scores = jax.vmap(lambda k: jax.random.uniform(k, (allowed.shape[1],)))(keys)
+  return _argbest(scores, allowed, largest=True)
+
+
+def _finish(anchors, pos, neg, valid) -> Triplets:
+  return Triplets(anchors, jnp.where(valid, pos, anchors), jnp.where(valid, neg, anchors), valid)
+
+
+def _check_labels(labels: jax.Array, valid_labels: Optional[jax.Array]) -> jax.Array:
+  labels = jnp.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be (n_candidates,), got shape {labels.shape}")
+  ok = jnp.ones(labels.shape, bool) if valid_labels is None else jnp.asarray(valid_labels, bool)
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    ok = ok & jnp.isfinite(labels)
+  return ok
+
+
+def distance_miner(raw_dist: jax.Array, key: jax.Array, neg_topk: Optional[int] = None,
+                   offset=0, mask: Optional[jax.Array] = None) -> Triplets:
+  """SSL-DML mining from a raw-signal distance (e.g. DTW) ``(n_anchors, n_candidates)``.
+
+  Positive: the nearest other candidate. Negative: uniform among the candidates other than the
+  anchor and its positive, or, with ``neg_topk=k``, uniform among the ``k`` farthest of those
+  (``neg_topk=1`` is the deterministic farthest). Valid when both exist (at least 3 usable
+  candidates). Non-finite distances are treated as missing.
+  """
+  raw_dist = jnp.asarray(raw_dist)
+  if raw_dist.ndim != 2:
+    raise ValueError(f"raw_dist must be (n_anchors, n_candidates), got shape {raw_dist.shape}")
+  if neg_topk is not None and neg_topk < 1:
+    raise ValueError(f"neg_topk={neg_topk} must be >= 1 or None (config.mining.neg_topk)")
+  n, num = raw_dist.shape
+  anchors, usable, anchor_ok = _setup(n, num, offset, mask)
+  usable = usable & jnp.isfinite(raw_dist)
+  pos, has_pos = _argbest(raw_dist, usable, largest=False)
+  neg_allowed = usable & (jnp.arange(num)[None, :] != pos[:, None])
+  if neg_topk is not None and neg_topk < num:
+    _, top = lax.top_k(jnp.where(neg_allowed, raw_dist, -jnp.inf), neg_topk)
+    in_top = jnp.zeros((n, num), bool).at[jnp.arange(n)[:, None], top].set(True)
+    neg_allowed = neg_allowed & in_top
+  neg, has_neg = _random_choice(key, anchors, neg_allowed, _NEGATIVE_STREAM)
+  return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg)
+
+
+def label_miner(labels: jax.Array, *, offset=0, num_anchors: Optional[int] = None,
+                valid_labels: Optional[jax.Array] = None) -> Triplets:
+  """Supervised DML with a regression label (mPCWP): positive = closest label, negative = farthest.
+
+  ``labels`` ``(n_candidates,)``; anchors are ``offset + arange(num_anchors)`` (default: all).
+  Valid only when the negative's label is strictly farther from the anchor's than the positive's
+  (otherwise, e.g. all labels equal, the triplet carries no ordering).
+  """
+  ok = _check_labels(labels, valid_labels)
+  labels = jnp.asarray(labels, jnp.float32)
+  num = labels.shape[0]
+  n = num if num_anchors is None else num_anchors
+  anchors, usable, anchor_ok = _setup(n, num, offset, ok)
+  gap = jnp.abs(labels[None, :] - labels[anchors][:, None])
+  gap = jnp.where(usable, gap, 0.0)  # NaN labels must not reach argmin/argmax.
+  pos, has_pos = _argbest(gap, usable, largest=False)
+  neg_allowed = usable & (jnp.arange(num)[None, :] != pos[:, None])
+  neg, has_neg = _argbest(gap, neg_allowed, largest=True)
+  rows = jnp.arange(n)
+  ordered = gap[rows, neg] > gap[rows, pos]
+  return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg & ordered)
+
+
+def class_miner(labels: jax.Array, key: jax.Array, *, offset=0, num_anchors: Optional[int] = None,
+                valid_labels: Optional[jax.Array] = None) -> Triplets:
+  """Class labels (e.g. mPCWP > 18): random same-class positive, random other-class negative.
+
+  Valid when the anchor's class has another member and some other class is present.
+  """
+  ok = _check_labels(labels, valid_labels)
+  labels = jnp.asarray(labels)
+  num = labels.shape[0]
+  n = num if num_anchors is None else num_anchors
+  anchors, usable, anchor_ok = _setup(n, num, offset, ok)
+  same = labels[None, :] == labels[anchors][:, None]
+  pos, has_pos = _random_choice(key, anchors, usable & same, _POSITIVE_STREAM)
+  neg, has_neg = _random_choice(key, anchors, usable & ~same, _NEGATIVE_STREAM)
+  return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg)
+
+
+def batch_hard_miner(emb_dist: jax.Array, labels: jax.Array, *, offset=0,
+                     valid_labels: Optional[jax.Array] = None) -> Triplets:
+  """Batch-hard (Hermans et al. 2017): farthest same-class positive, nearest other-class negative.
+
+  ``emb_dist`` ``(n_anchors, n_candidates)`` embedding distances (indices carry no gradient).
+  """
+  emb_dist = jnp.asarray(emb_dist)
+  ok = _check_labels(labels, valid_labels)
+  n, num = emb_dist.shape
+  anchors, usable, anchor_ok = _setup(n, num, offset, ok)
+  labels = jnp.asarray(labels)
+  same = labels[None, :] == labels[anchors][:, None]
+  pos, has_pos = _argbest(emb_dist, usable & same, largest=True)
+  neg, has_neg = _argbest(emb_dist, usable & ~same, largest=False)
+  return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg)
+
+
+def semihard_miner(emb_dist: jax.Array, labels: jax.Array, margin: float, key: jax.Array, *,
+                   offset=0, valid_labels: Optional[jax.Array] = None) -> Triplets:
+  """FaceNet semi-hard negatives (Schroff et al. 2015), one triplet per anchor.
+
+  Positive: uniform among the same-class candidates. Negative: among the other-class candidates
+  with ``d(a,p) < d(a,n) < d(a,p) + margin``, the hardest (smallest ``d(a,n)``, as TensorFlow's
+  semi-hard triplet loss picks); when none qualifies, uniform among all other-class candidates.
+  """
+  emb_dist = jnp.asarray(emb_dist)
+  ok = _check_labels(labels, valid_labels)
+  n, num = emb_dist.shape
+  anchors, usable, anchor_ok = _setup(n, num, offset, ok)
+  labels = jnp.asarray(labels)
+  same = labels[None, :] == labels[anchors][:, None]
+  pos, has_pos = _random_choice(key, anchors, usable & same, _POSITIVE_STREAM)
+  d_ap = emb_dist[jnp.arange(n), pos][:, None]
+  neg_allowed = usable & ~same
+  semihard = neg_allowed & (emb_dist > d_ap) & (emb_dist < d_ap + margin)
+  hard, has_semihard = _argbest(emb_dist, semihard, largest=False)
+  fallback, has_neg = _random_choice(key, anchors, neg_allowed, _NEGATIVE_STREAM)
+  neg = jnp.where(has_semihard, hard, fallback)
+  return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg)
