@@ -72,7 +72,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
     config = FLAGS.config  # Loading happens lazily; force it here so errors surface now.
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines and ConfigError.__name__ in lines[-1]:
+      # get_config(arg) raised ConfigError: its message is the traceback's last line.
+      _fail(f"{lines[0].split(': Error whilst')[0]}: {lines[-1].split(': ', 1)[-1]}")
+    _fail(lines[0])
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     _fail(_explain_override_error(argv) or f"bad --config: {e}")
   if not isinstance(config, ml_collections.ConfigDict):

@@ -59,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict()
   c.task.target = "binary"            # binary (mPCWP > threshold) | regression (mPCWP)
   c.task.pcwp_threshold = 18.0
+  # Regression targets are standardised as (mPCWP - mean) / std: a cath cohort's typical values,
+  # fixed rather than estimated so that a run's loss scale does not depend on its data.
+  c.task.pcwp_mean = 16.0
+  c.task.pcwp_std = 8.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -67,6 +71,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = "constant"       # constant | cosine
   c.optim.warmup_steps = 0
   c.optim.grad_clip_norm = config_dict.placeholder(float)
+
+  # SimCLR / CLOCS view augmentations (ssldml_jax/augment.py); a zero turns one off.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.noise_std = 0.05          # mV
+  c.augment.scale_min = 0.8           # per-ECG gain, log-uniform in [scale_min, scale_max]
+  c.augment.scale_max = 1.25
+  c.augment.time_mask_fraction = 0.1  # longest zeroed window, as a fraction of the signal
+  c.augment.wander_mv = 0.1           # baseline wander amplitude per lead
+  c.augment.wander_max_hz = 0.5
+  c.augment.lead_dropout = 0.1        # probability that a lead is zeroed
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 100
@@ -77,4 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_consecutive_nonfinite = 5
   c.train.parallel = "pmap"           # pmap | shard_map
   c.train.progress_bar = True
+  c.train.eval_every_steps = config_dict.placeholder(int)  # validation loss; None: at the end only.
+  c.train.eval_batches = 8            # batches of the first eval split per evaluation.
+  c.train.async_checkpoints = True    # write checkpoints in the background.
   return c

@@ -1,0 +1,367 @@
+"""The pretrain trainer on ``ecg_synth/tiny`` with 8 fake CPU devices.
+
+One SSL-DML run of a one-stage ResNet is shared by most tests (module fixture); its
+compiled program is reused by the tests that drive steps directly, by the resumed run and by the
+non-finite run, which differ from it only in keys that do not change the step.
+"""
+
+import functools
+import os
+import random
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ssldml_jax import augment, checkpoint, cli, metrics_log, parallel, steps, train_lib
+from ssldml_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The shared run mines with the Euclidean raw distance: DTW's wavefront is costly to compile, and
+# it would be compiled four times (8 devices, 1 device, shard_map, the killed process); DTW
+# mining gets its own run in test_loss_falls.
+SSL_SPEC = "configs/ssl_dml_euclidean.py:tiny"
+NUM_STEPS = 32
+# Small enough to compile in seconds; dropout off so the 8 x 4 == 1 x 32 check is exact.
+OVERRIDES = {
+    "data.per_device_batch_size": 4,   # x 8 devices: a global batch of 32.
+    "data.eval_per_device_batch_size": 4,
+    "model.stage_sizes": (1,),
+    "model.dropout": 0.0,
+    "train.num_steps": NUM_STEPS,
+    "train.log_every_steps": 1,
+    "train.checkpoint_every_steps": 8,
+    "train.keep_checkpoints": 3,
+    "train.eval_batches": 1,
+    "train.progress_bar": False,
+}
+
+
+def _config(spec: str, **extra):
+  config = cli.load_config_file(os.path.join(REPO, spec))
+  for key, value in {**OVERRIDES, **extra}.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def _flags(spec: str) -> list[str]:
+  out = [f"--config={os.path.join(REPO, spec)}"]
+  for key, value in OVERRIDES.items():
+    out.append(f"--config.{key}={value}")
+  return out
+
+
+def _final_state(workdir: str, config) -> dict:
+  """The newest checkpoint's whole tree (train state and RNG key) as host arrays."""
+  program = train_lib.build_program(config, NUM_STEPS)
+  info = pipeline.dataset_info(config.data)
+  template = train_lib._state_tree(
+      program.init_state(jax.random.PRNGKey(0), info["num_samples"]), jax.random.PRNGKey(0))
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    step, tree, _ = ckpts.restore_latest(template)
+  return step, tree
+
+
+def _losses(workdir: str) -> list[float]:
+  return [r["loss"] for r in metrics_log.read_metrics(workdir) if "loss" in r]
+
+
+def _falls(losses: list[float]) -> bool:
+  return np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6])
+
+
+@pytest.fixture(scope="module")
+def ssl_config(data_dir):
+  """The shared config; tests that only drive steps need this, not the run (under xdist the
+  run would otherwise be repeated on each worker that has one of them)."""
+  return _config(SSL_SPEC)
+
+
+@pytest.fixture(scope="module")
+def ssl_run(ssl_config, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ssl_dml"))
+  final = train_lib.train_and_evaluate(ssl_config, workdir)
+  return ssl_config, workdir, final
+
+
+def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
+  config, workdir, final = ssl_run
+  records = metrics_log.read_metrics(workdir)
+  train = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train] == list(range(1, NUM_STEPS + 1))
+  for key in ("active_triplets", "d_pos", "d_neg", "grad_norm", "learning_rate",
+              "steps_per_sec", "ecg_per_sec"):
+    assert np.isfinite(train[-1][key]), key
+  assert train[0]["learning_rate"] == pytest.approx(1e-3)
+  assert _falls(_losses(workdir)), _losses(workdir)
+  assert "eval/validation/loss" in final and np.isfinite(final["eval/validation/loss"])
+  assert os.listdir(os.path.join(workdir, metrics_log.TENSORBOARD_DIR))
+  assert metrics_log.read_config(workdir).mining.raw_distance == "euclidean"
+  assert checkpoint.latest_readable_meta(workdir)["step"] == NUM_STEPS
+
+  model, variables, loaded = train_lib.load_encoder(workdir)
+  _, tree = _final_state(workdir, config)
+  np.testing.assert_array_equal(
+      variables["params"]["embedding"]["kernel"],
+      tree["train_state"]["params"]["encoder"]["embedding"]["kernel"])
+  emb = model.apply(variables, np.zeros((3, 500, 12), np.float32), train=False)
+  assert emb.shape == (3, loaded.model.embedding_dim)
+
+
+@pytest.mark.parametrize("spec", ["configs/ssl_dml_dtw.py:tiny",
+                                  "configs/supervised_dml.py:tiny",
+                                  "configs/supervised_dml.py:tiny,regression",
+                                  "configs/supervised.py:tiny",
+                                  "configs/simclr.py:tiny",
+                                  "configs/clocs_cmsc.py:tiny"])
+def test_loss_falls(spec, data_dir, tmp_path):
+  config = _config(spec, **{"train.num_steps": 24, "train.checkpoint_every_steps": 24,
+                            "train.eval_batches": 0})
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  losses = _losses(str(tmp_path))
+  assert len(losses) == 24 and all(np.isfinite(losses))
+  assert _falls(losses), losses
+  if config.method == "ssl_dml":  # Every anchor of the global batch got a DTW-mined triplet.
+    assert metrics_log.read_metrics(str(tmp_path))[-1]["valid_triplets"] == 1.0
+  if steps.uses_labels(config.method):
+    params = _final_state(str(tmp_path), config)[1]["train_state"]["params"]
+    assert "head" in params  # The task head is in what the optimiser updates.
+
+
+def _batches(config, n: int) -> list[dict]:
+  """Training batches placed as the trainer places them (a host array would make pmap compile
+  the step again for another input layout)."""
+  it = pipeline.make_train_iterator(config.data, seed=1)
+  try:
+    return [train_lib.device_batch(next(it)) for _ in range(n)]
+  finally:
+    it.close()
+
+
+def test_8x4_equals_1x32(ssl_config):
+  config = ssl_config
+  program = train_lib.build_program(config, NUM_STEPS)
+  state = program.init_state(jax.random.PRNGKey(3), 500)
+  rng = jax.random.PRNGKey(4)
+  batch = _batches(config, 1)[0]
+  new8, m8 = program.train_step(parallel.replicate(state), batch, parallel.replicate(rng))
+  one = jax.pmap(program.per_device_train_step, axis_name=parallel.AXIS)
+  merged = jax.tree.map(lambda x: np.asarray(x).reshape((1, -1) + x.shape[2:]), batch)
+  new1, m1 = one(jax.tree.map(lambda x: x[None], state), merged, rng[None])
+  new8, new1 = train_lib.first_replica(new8), train_lib.first_replica(new1)
+  for key in ("loss", "d_pos", "d_neg", "active_triplets"):
+    np.testing.assert_allclose(m8[key][0], m1[key][0], rtol=2e-5, err_msg=key)
+  # Adam's first moment is 0.1 x the gradient: compare gradients, not sign-like first updates.
+  mu8, mu1 = (jax.tree.leaves(s.opt_state) for s in (new8, new1))
+  scale = max(float(np.abs(m).max()) for m in mu1)
+  for a, b in zip(mu8, mu1):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+  for a, b in zip(jax.tree.leaves(new8.batch_stats), jax.tree.leaves(new1.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(m1["loss"][0]) > 0
+
+
+def test_pmap_equals_shard_map(ssl_config):
+  config = ssl_config
+  sharded = _config(SSL_SPEC, **{"train.parallel": "shard_map"})
+  programs = [train_lib.build_program(c, NUM_STEPS) for c in (config, sharded)]
+  state = programs[0].init_state(jax.random.PRNGKey(5), 500)
+  rng = parallel.replicate(jax.random.PRNGKey(6))
+  batches = _batches(config, 2)
+  results = []
+  for program in programs:
+    p_state = parallel.replicate(state)
+    for batch in batches:
+      p_state, metrics = program.train_step(p_state, batch, rng)
+    results.append((train_lib.first_replica(p_state), jax.device_get(metrics)))
+  (s_pmap, m_pmap), (s_shard, m_shard) = results
+  # One per-device program either way, so the same numbers, bit for bit.
+  np.testing.assert_array_equal(m_pmap["loss"], m_shard["loss"])
+  for a, b in zip(jax.tree.leaves(s_pmap), jax.tree.leaves(s_shard)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_killed_and_resumed_equals_uninterrupted(ssl_run, tmp_path):
+  config, reference_dir, _ = ssl_run
+  workdir = str(tmp_path / "killed")
+  kill_after = random.randint(3, NUM_STEPS - 10)
+  log_path = tmp_path / "killed.log"  # A file, not a pipe: a full pipe would stall the run.
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssldml_jax.pretrain", *_flags(SSL_SPEC),
+         f"--workdir={workdir}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+  metrics_path = os.path.join(workdir, metrics_log.METRICS_FILE)
+  deadline = time.time() + 300
+  reached = 0
+  while proc.poll() is None and time.time() < deadline:
+    try:
+      with open(metrics_path) as f:
+        reached = sum(1 for line in f if '"loss"' in line)
+    except FileNotFoundError:
+      pass
+    if reached >= kill_after:
+      break
+    time.sleep(0.01)
+  running = proc.poll() is None
+  proc.kill()  # SIGKILL, mid-run (or, on a timeout, to end it).
+  proc.wait()
+  assert running and reached >= kill_after, \
+      f"not killed at step {kill_after} (rc {proc.returncode}): {log_path.read_text()[-2000:]}"
+  with checkpoint.Checkpoints(workdir, read_only=True) as left:
+    killed_at = left.steps()
+  assert not killed_at or max(killed_at) < NUM_STEPS
+
+  train_lib.train_and_evaluate(config, workdir)  # Started again: resumes.
+  (step_a, a), (step_b, b) = _final_state(reference_dir, config), _final_state(workdir, config)
+  assert step_a == step_b == NUM_STEPS
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=f"killed after step {reached}, "
+                                                f"checkpoints {killed_at}")
+  steps_logged = [r["step"] for r in metrics_log.read_metrics(workdir) if "loss" in r]
+  assert steps_logged == list(range(1, NUM_STEPS + 1))
+
+
+def test_nonfinite_step_is_skipped(ssl_config):
+  config = ssl_config
+  program = train_lib.build_program(config, NUM_STEPS)
+  state = program.init_state(jax.random.PRNGKey(7), 500)
+  rng = parallel.replicate(jax.random.PRNGKey(8))
+  good = _batches(config, 1)[0]
+  ecg = np.array(good["ecg"])
+  ecg[3, 1, 10, 2] = np.nan  # One sample of one ECG on one device.
+  bad = dict(good, ecg=jax.device_put(ecg, parallel.device_sharding()))
+  p_state = parallel.replicate(state)
+  before = train_lib.first_replica(p_state)
+  p_state, metrics = program.train_step(p_state, bad, rng)
+  after = train_lib.first_replica(p_state)
+  assert float(metrics["nonfinite"][0]) == 1 and int(metrics["nonfinite_streak"][0]) == 1
+  for x, y in zip(jax.tree.leaves((before.params, before.opt_state, before.batch_stats)),
+                  jax.tree.leaves((after.params, after.opt_state, after.batch_stats))):
+    np.testing.assert_array_equal(x, y)
+  assert int(after.step) == 1 and int(after.nonfinite_total) == 1
+  p_state, metrics = program.train_step(p_state, good, rng)
+  after = train_lib.first_replica(p_state)
+  assert int(after.nonfinite_streak) == 0 and int(after.nonfinite_total) == 1
+  assert np.isfinite(float(metrics["loss"][0]))
+  assert not np.array_equal(after.params["encoder"]["embedding"]["kernel"],
+                            before.params["encoder"]["embedding"]["kernel"])
+
+
+def test_repeated_nonfinite_stops_with_last_checkpoint_intact(ssl_config, tmp_path, monkeypatch,
+                                                               capsys):
+  config = _config(SSL_SPEC, **{"train.max_consecutive_nonfinite": 3,
+                                                     "train.eval_batches": 0})
+  real = train_lib.device_batch
+  calls = []
+
+  def poisoned(batch, **kwargs):
+    calls.append(1)
+    if len(calls) > 7:  # Steps 8, 9, 10 see NaN.
+      batch = dict(batch, ecg=np.full_like(batch["ecg"], np.nan))
+    return real(batch, **kwargs)
+
+  monkeypatch.setattr(train_lib, "device_batch", poisoned)
+  with pytest.raises(train_lib.NonFiniteError,
+                     match=r"stopped at step 10: 3 consecutive .*max_consecutive_nonfinite=3.*"
+                           r"step 8 in .* is intact"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert "step 8: non-finite" in capsys.readouterr().err
+  step, tree = _final_state(str(tmp_path), config)
+  assert step == 8
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree["train_state"]["params"]))
+
+
+def test_bad_config_names_the_key():
+  config = _config(SSL_SPEC, **{"mining.raw_distance": "manhattan"})
+  with pytest.raises(cli.ConfigError, match="config.mining.raw_distance='manhattan'"):
+    train_lib.validate_config(config)
+  with pytest.raises(cli.ConfigError, match="config.loss.name='cmsc'"):
+    train_lib.validate_config(_config("configs/simclr.py:tiny", **{"loss.name": "cmsc"}))
+  with pytest.raises(cli.ConfigError, match="unknown config argument"):
+    cli.load_config_file(os.path.join(REPO, "configs/simclr.py:regression"))
+
+
+# --- Augmentations -------------------------------------------------------------------------------
+
+# Compiled for compile speed: the test runs it once.
+@functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+def _augmented(key, x):
+  """Every augmentation of ``x`` in one compiled call (eager calls would compile op by op)."""
+  return {"scaled": augment.amplitude_scale(key, x, 0.5, 2.0),
+          "dropped": augment.lead_dropout(key, x, 0.5),
+          "masked": augment.time_mask(key, x, 0.2),
+          "wander": augment.baseline_wander(key, x, 0.3, 50.0, 0.5) - x,
+          "noise": augment.gaussian_noise(key, x, 0.1) - x,
+          "chain": augment.augment(key, x, {"noise_std": 0.05, "scale_min": 0.8, "scale_max": 1.25,
+                                            "time_mask_fraction": 0.1, "wander_mv": 0.1,
+                                            "wander_max_hz": 0.5, "lead_dropout": 0.1}, 50.0)}
+
+
+def test_augmentations_keep_what_they_must():
+  key = jax.random.PRNGKey(0)
+  x = np.random.default_rng(0).normal(size=(6, 200, 12)).astype(np.float32)
+  x[:, :, 2] = x[:, :, 1] - x[:, :, 0]  # Einthoven: III = II - I.
+  out = jax.tree.map(np.asarray, _augmented(key, x))
+  scaled = out["scaled"]  # A per-ECG gain keeps the limb-lead relations.
+  np.testing.assert_allclose(scaled[:, :, 2], scaled[:, :, 1] - scaled[:, :, 0], atol=1e-5)
+  gain = scaled[:, 0, 0] / x[:, 0, 0]
+  assert np.all((gain >= 0.5 - 1e-5) & (gain <= 2.0 + 1e-5)) and np.ptp(gain) > 0
+  np.testing.assert_allclose(scaled / gain[:, None, None], x, rtol=1e-5, atol=1e-6)
+  dropped = out["dropped"]
+  zero_leads = np.all(dropped == 0, axis=1)
+  assert zero_leads.any() and not zero_leads.all()
+  np.testing.assert_array_equal(dropped, np.where(zero_leads[:, None, :], 0.0, x))
+  zero_t = np.all(out["masked"] == 0, axis=2)
+  for row in zero_t:
+    idx = np.flatnonzero(row)
+    assert len(idx) <= 40 and (len(idx) == 0 or np.all(np.diff(idx) == 1))
+  assert zero_t.any()
+  np.testing.assert_array_equal(np.where(zero_t[:, :, None], 0.0, x), out["masked"])
+  wander = out["wander"]
+  assert 0 < np.abs(wander).max() <= 0.3 + 1e-5
+  # Slow: a sinusoid of amplitude A below f Hz changes by at most 2 pi f A / rate per sample.
+  assert np.abs(np.diff(wander, axis=1)).max() <= 2 * np.pi * 0.5 * 0.3 / 50.0 + 1e-6
+  assert 0.09 < out["noise"].std() < 0.11
+  assert out["chain"].shape == x.shape and np.isfinite(out["chain"]).all()
+  assert not np.allclose(out["chain"], x)
+  for fn, args in ((augment.gaussian_noise, (0.0,)), (augment.lead_dropout, (0.0,)),
+                   (augment.time_mask, (0.0,)), (augment.amplitude_scale, (1.0, 1.0)),
+                   (augment.baseline_wander, (0.0, 50.0))):
+    assert fn(key, x, *args) is x  # A zero strength is off.
+  a, b = augment.temporal_halves(x[:, :199])
+  assert a.shape == b.shape == (6, 99, 12)
+  np.testing.assert_array_equal(b, x[:, 99:198])
+
+
+def test_patient_keys_match_equal_ids():
+  ids = np.array([["p1", "p2"], ["p1", "p3"]])
+  keys = steps.patient_keys(ids)
+  assert keys.dtype == np.int32 and keys.shape == (2, 2)
+  assert keys[0, 0] == keys[1, 0] and len({keys[0, 1], keys[1, 1], keys[0, 0]}) == 3
+
+
+def test_bench_peer_is_the_same_network(monkeypatch):
+  pytest.importorskip("torch")
+  from ssldml_jax.bench import train_step as bench
+  config = bench.make_config(width=4, stage_sizes=(1, 1), rate=20)
+  mods, state, _ = bench.jax_program(config, 200)
+  state = jax.device_get(state)
+  batch = bench.make_batch(3, 200)
+  assert bench.check_same_network(config, mods, state, batch) < 1e-5
+  real = bench.load_jax_weights
+
+  def one_weight_off(model, params, stats):
+    real(model, params, stats)
+    model.blocks[1].conv2.weight.data[0, 0, 0] += 0.5
+
+  monkeypatch.setattr(bench, "load_jax_weights", one_weight_off)
+  with pytest.raises(AssertionError, match="not the same network"):
+    bench.check_same_network(config, mods, state, batch)
