@@ -1,0 +1,72 @@
+"""The main job at a laptop budget: every method of the paper, probed, in ~10 min on 2 CPU cores.
+
+    python -m ssldml_jax.reproduce --config=configs/quickstart.py --workdir=runs/quickstart
+    python -m ssldml_jax.reproduce --config=configs/quickstart.py:tiny --workdir=runs/tiny
+
+``ecg_synth/default`` (~8k unlabeled and ~3k labeled synthetic ECGs, built on first use) seen at
+50 Hz by a narrow one-block-per-stage ResNet (width 16, embedding 64); 300 steps of batch 64 per
+method (Adam(W) 1e-3), DTW mining on the signals at 25 Hz; logistic / ridge and MLP probes
+(fine-tuning is off here: add ``--config.probe.heads=linear,mlp,finetune``), three seeds, 1,000
+patient-bootstrap resamples. ``:tiny`` is the seconds-scale version on ``ecg_synth/tiny`` used by
+the tests (two methods and the random encoder, a few steps).
+"""
+
+import ml_collections
+
+from ssldml_jax import config_defaults
+from ssldml_jax.eval import probe_config
+from ssldml_jax.pretrain_configs import apply_tiny, parse_arg
+
+ALL_METHODS = ("ssl_dml_dtw", "ssl_dml_euclidean", "supervised_dml", "supervised", "simclr",
+               "clocs_cmsc", "random")
+
+
+def get_config(arg=None):
+  words = parse_arg(arg, ("tiny",))
+  c = config_defaults.base_config()
+  probe_config.add_probe_section(c)
+  c.methods = ALL_METHODS          # 'random': the untrained encoder of the same architecture
+  c.example_ecg_split = "test"     # the split whose first ECG is drawn as plots/example_ecg.png
+  # Method keys laid over every pretraining config (after the shared data/model/optim/train).
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.mining = ml_collections.ConfigDict({"decimate": 2})  # 50 -> 25 Hz for DTW
+
+  c.data.name = config_defaults.DEFAULT_DATASET
+  c.data.sampling_rate = 50
+  c.data.per_device_batch_size = 64
+  c.data.eval_per_device_batch_size = 128
+  c.model.width = 16
+  c.model.stage_sizes = (1, 1, 1, 1)
+  c.model.embedding_dim = 64
+  c.model.dropout = 0.1
+  c.optim.learning_rate = 1e-3
+  c.train.num_steps = 300
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 100
+  c.train.keep_checkpoints = 1
+  c.train.eval_batches = 0         # no validation loss: its compile would cost ~10 s a method
+
+  p = c.probe
+  p.heads = ("linear", "mlp")
+  p.fraction_heads = ("linear", "mlp")
+  p.mlp.max_steps = 1500
+  p.mlp.eval_every_steps = 100
+  p.mlp.patience = 4
+  p.finetune.max_steps = 300
+  p.finetune.eval_every_steps = 50
+  p.finetune.patience = 2
+
+  if "tiny" in words:
+    apply_tiny(c)
+    probe_config.apply_tiny_probe(c)
+    c.methods = ("ssl_dml_euclidean", "supervised", "random")
+    # Fits 8 fake test devices: 32 ECGs a global batch from the 115 unlabeled / 85 train ECGs.
+    c.data.per_device_batch_size = 4
+    c.data.eval_per_device_batch_size = 4
+    c.pretrain.mining.decimate = 1
+    c.train.num_steps = 4
+    c.train.log_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    c.train.eval_batches = 0
+    c.train.progress_bar = False
+  return c
