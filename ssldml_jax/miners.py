@@ -41,6 +41,8 @@ class Triplets(NamedTuple):
 
 # Streams folded into the per-anchor key so that positive and negative draws are independent.
 _POSITIVE_STREAM, _NEGATIVE_STREAM = 0, 1
+# Columns per block when a row's k-th allowed candidate is looked up (see _kth_true).
+_BLOCK = 32
 
 
 def _setup(n_anchors: int, n_candidates: int, offset, mask: Optional[jax.Array]):
@@ -60,10 +62,18 @@ def _setup(n_anchors: int, n_candidates: int, offset, mask: Optional[jax.Array])
 
 
 def _argbest(scores: jax.Array, allowed: jax.Array, largest: bool):
-  """Row-wise arg-min/max over allowed entries (lowest index on ties) and whether any exists."""
+  """Row-wise arg-min/max over allowed entries (lowest index on ties) and whether any exists.
+
+  Equal to ``jnp.argmin``/``jnp.argmax`` (NaN counts as the best, a row with nothing allowed
+  gives 0) but written as two plain reductions: XLA's CPU arg-reduction is a serial loop about
+  5x slower than a min, and it dominated the whole mining step.
+  """
   fill = -jnp.inf if largest else jnp.inf
   masked = jnp.where(allowed, scores, fill)
-  idx = jnp.argmax(masked, axis=1) if largest else jnp.argmin(masked, axis=1)
+  best = (jnp.max if largest else jnp.min)(masked, axis=1, keepdims=True)
+  hit = (masked == best) | jnp.isnan(masked)
+  cols = jnp.arange(scores.shape[1], dtype=jnp.int32)
+  idx = jnp.min(jnp.where(hit, cols[None, :], scores.shape[1] - 1), axis=1)
   return idx.astype(jnp.int32), allowed.any(axis=1)
 
 
@@ -72,10 +82,34 @@ def _anchor_keys(key: jax.Array, anchors: jax.Array, stream: int) -> jax.Array:
 
 
 def _random_choice(key: jax.Array, anchors: jax.Array, allowed: jax.Array, stream: int):
-  """One allowed column per row, uniformly at random, and whether any exists."""
+  """One allowed column per row, uniformly at random, and whether any exists.
+
+  One uniform number per row picks the k-th allowed column (k = floor(u * count)): drawing a
+  score for every column instead costs B^2 random numbers, the most expensive part of mining.
+  """
   keys = _anchor_keys(key, anchors, stream)
-  scores = jax.vmap(lambda k: jax.random.uniform(k, (allowed.shape[1],)))(keys)
-  return _argbest(scores, allowed, largest=True)
+  u = jax.vmap(jax.random.uniform)(keys)
+  count = jnp.sum(allowed, axis=1, dtype=jnp.int32)
+  k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+  return jnp.minimum(_kth_true(allowed, k), allowed.shape[1] - 1), count > 0
+
+
+def _kth_true(mask: jax.Array, k: jax.Array) -> jax.Array:
+  """Column of the (k+1)-th True of each row of ``mask`` (past the end when there is none).
+
+  In two levels, blocks of ``_BLOCK`` columns and then the columns of one block, because a
+  row-long cumulative sum is a reduce-window that XLA:CPU runs slowly (3 ms at 1024 x 1024).
+  """
+  n, num = mask.shape
+  blocks = jnp.pad(mask, ((0, 0), (0, -num % _BLOCK))).astype(jnp.int32)
+  blocks = blocks.reshape(n, -1, _BLOCK)
+  before_block = jnp.cumsum(jnp.sum(blocks, axis=2), axis=1)        # Trues up to each block.
+  j = jnp.minimum(jnp.sum(before_block <= k[:, None], axis=1), blocks.shape[1] - 1)
+  skipped = jnp.where(j > 0, jnp.take_along_axis(before_block, jnp.maximum(j - 1, 0)[:, None],
+                                                 axis=1)[:, 0], 0)
+  inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # (n, _BLOCK)
+  within = jnp.sum(jnp.cumsum(inside, axis=1) <= (k - skipped)[:, None], axis=1)
+  return (j * _BLOCK + within).astype(jnp.int32)
 
 
 def _finish(anchors, pos, neg, valid) -> Triplets:
