@@ -1,0 +1,275 @@
+"""Mining + triplet loss, forward and backward: this project vs pytorch-metric-learning vs a loop.
+
+``python -m ssldml_jax.bench mining [--sizes=64,256,1024] [--dim=128] [--rounds=5] [--calls=10]
+[--quick] [--no_record]``
+
+Each measured step takes embeddings ``(B, D)`` and returns the mean triplet loss (margin 0.2,
+Euclidean distance on L2-normalised embeddings, mean over all mined triplets) and its gradient
+with respect to the embeddings, for two miners:
+
+- ``distance``: SSL-DML mining from a raw-signal distance matrix (nearest positive, random
+  negative). This project: ``jax.jit(jax.value_and_grad(...))`` of ``miners.distance_miner`` +
+  ``losses.triplet_loss`` (through ``losses.global_triplet_loss``). pytorch-metric-learning has no
+  such miner, so its row is ``TripletMarginLoss`` on an indices tuple mined beforehand (the
+  mining is not in its time). The loop is ``reference_loops.distance_triplet_loop``.
+- ``batch_hard``: labels instead of raw distances. pytorch-metric-learning: ``BatchHardMiner`` +
+  ``TripletMarginLoss``; the loop: ``reference_loops.batch_hard_triplet_loop``.
+
+Before timing, the three implementations are run on the same data and must agree on the loss and
+the gradient (the distance miner with ``neg_topk=1``, whose negative is deterministic, so all three
+pick the same triplets); the timed runs draw random negatives (``neg_topk=None``, the paper's).
+The raw-distance matrix is the Euclidean distance between random signals: mining cost does not
+depend on where the distances came from (``bench dtw`` times computing them).
+
+Threads: torch gets one intra-op thread unless ``--torch_threads`` says otherwise. On a 2-core
+machine its OpenMP workers spin between operations on the core the next computation needs: with
+torch's default of 2 threads, pytorch-metric-learning ran 4-14x slower here and, in the same
+process, the JAX step 2.5-4x slower. The loop's tensors are too small for threads to matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssldml_jax import losses
+from ssldml_jax.bench import common, reference_loops
+
+MINERS = ("distance", "batch_hard")
+SIZES = (64, 256, 1024)
+QUICK_SIZES = (16, 64)
+MARGIN = 0.2
+# Roughly eight examples per class, so that batch-hard finds positives at every batch size.
+_PER_CLASS = 8
+# Goals of the issue, at B = 256.
+GOAL_B = 256
+GOALS = {"pytorch-metric-learning": 3.0, "python loop": 100.0}
+
+
+def make_inputs(b: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Embeddings, a symmetric raw-distance matrix with a zero diagonal, and class labels."""
+  rng = np.random.default_rng(seed)
+  signals = rng.normal(size=(b, 64)).astype(np.float64)
+  sq = np.sum(signals**2, 1)
+  raw = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * signals @ signals.T, 0.0))
+  np.fill_diagonal(raw, 0.0)
+  return {"emb": rng.normal(size=(b, dim)).astype(np.float32),
+          "raw": raw.astype(np.float32),
+          "labels": rng.integers(0, max(2, b // _PER_CLASS), size=b).astype(np.int32)}
+
+
+# --- The three implementations: callables that run one forward and backward step ---------------
+
+@functools.lru_cache(maxsize=None)
+def _jax_value_and_grad(miner: str, neg_topk: Optional[int]) -> Callable:
+  def loss_fn(emb, raw, labels, key):
+    if miner == "distance":
+      value, triplets = losses.global_triplet_loss(emb, key, miner="distance", raw_dist_rows=raw,
+                                                   neg_topk=neg_topk, margin=MARGIN,
+                                                   distance="euclidean", axis_name=None)
+    else:
+      value, triplets = losses.global_triplet_loss(emb, miner="batch_hard", labels=labels,
+                                                   margin=MARGIN, distance="euclidean",
+                                                   axis_name=None)
+    return value, triplets
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def jax_step(miner: str, inputs: dict, *, neg_topk: Optional[int] = None,
+             seed: int = 0) -> Callable[[], tuple]:
+  """This project's jitted miner + loss: a no-argument callable returning (loss, triplets, grad).
+
+  The arrays are placed on the device beforehand, so a call times the step alone.
+  """
+  fn = _jax_value_and_grad(miner, neg_topk)
+  args = (jnp.asarray(inputs["emb"]), jnp.asarray(inputs["raw"]), jnp.asarray(inputs["labels"]),
+          jax.random.key(seed))
+
+  def step():
+    (loss, triplets), grad = jax.block_until_ready(fn(*args))
+    return loss, triplets, grad
+  return step
+
+
+def valid_triplets(triplets) -> np.ndarray:
+  """A miner's ``Triplets`` as a ``(3, n_valid)`` array of indices (what pml is given)."""
+  valid = np.asarray(triplets.valid)
+  return np.stack([np.asarray(x)[valid] for x in triplets[:3]])
+
+
+def pml_step(miner: str, inputs: dict, *, triplets: Optional[np.ndarray] = None
+             ) -> Callable[[], tuple]:
+  """pytorch-metric-learning on torch CPU: returns a callable that runs forward and backward."""
+  import torch  # Optional peers (requirements-bench.txt).
+  from pytorch_metric_learning import losses as pml_losses
+  from pytorch_metric_learning import miners as pml_miners
+  from pytorch_metric_learning import reducers
+
+  # MeanReducer: the mean over every mined triplet, as losses.triplet_loss (pml's default
+  # averages over the non-zero terms only).
+  loss_fn = pml_losses.TripletMarginLoss(margin=MARGIN, reducer=reducers.MeanReducer())
+  emb = torch.from_numpy(inputs["emb"])
+  labels = torch.from_numpy(inputs["labels"].astype(np.int64))
+  if miner == "distance":
+    indices = tuple(torch.from_numpy(x.astype(np.int64)) for x in triplets)
+  else:
+    mine = pml_miners.BatchHardMiner()
+
+  def step():
+    leaf = emb.clone().requires_grad_(True)
+    if miner == "distance":
+      loss = loss_fn(leaf, None, indices)
+    else:
+      loss = loss_fn(leaf, labels, mine(leaf, labels))
+    loss.backward()
+    return float(loss.detach()), leaf.grad.numpy()
+  return step
+
+
+def loop_step(miner: str, inputs: dict, *, neg_topk: Optional[int] = None,
+              seed: int = 0) -> Callable[[], tuple]:
+  """The per-anchor Python loop of the reference code (``reference_loops``)."""
+  if miner == "distance":
+    rng = np.random.default_rng(seed)
+    return lambda: reference_loops.distance_triplet_loop(
+        inputs["emb"], inputs["raw"], margin=MARGIN, neg_topk=neg_topk, rng=rng)
+  return lambda: reference_loops.batch_hard_triplet_loop(inputs["emb"], inputs["labels"],
+                                                          margin=MARGIN)
+
+
+# --- Agreement check --------------------------------------------------------------------------
+
+def check_agreement(miner: str, b: int, dim: int, *, seed: int = 0, rtol: float = 1e-5,
+                    atol: float = 1e-6) -> dict[str, float]:
+  """Runs the three implementations on the same data; raises AssertionError if they differ.
+
+  Returns the loss of each. The distance miner uses ``neg_topk=1`` (deterministic negative).
+  """
+  inputs = make_inputs(b, dim, seed)
+  neg_topk = 1 if miner == "distance" else None
+  loss, triplets, grad = jax_step(miner, inputs, neg_topk=neg_topk, seed=seed)()
+  triplets = valid_triplets(triplets)
+  results = {"ssldml_jax": (float(loss), np.asarray(grad)),
+             "pytorch-metric-learning": pml_step(miner, inputs, triplets=triplets)(),
+             "python loop": loop_step(miner, inputs, neg_topk=neg_topk, seed=seed)()}
+  ours = results["ssldml_jax"]
+  for name, (peer_loss, peer_grad) in results.items():
+    if not np.isclose(peer_loss, ours[0], rtol=rtol, atol=atol):
+      raise AssertionError(f"mining {miner} B={b}: {name} loss {peer_loss:.8g} != "
+                           f"ssldml_jax {ours[0]:.8g}")
+    err = float(np.max(np.abs(peer_grad - ours[1])))
+    if err > atol + rtol * float(np.max(np.abs(ours[1]))):
+      raise AssertionError(f"mining {miner} B={b}: {name} gradient differs from ssldml_jax's by "
+                           f"up to {err:.3g}")
+  return {name: value[0] for name, value in results.items()}
+
+
+# --- Timing -----------------------------------------------------------------------------------
+
+def time_alternating(fns: dict[str, Callable[[], Any]], *, rounds: int, calls: dict[str, int],
+                     settle: int = 2) -> dict[str, float]:
+  """Median seconds per call of each function; they take turns in blocks, round after round.
+
+  A block is ``settle`` untimed calls then ``calls[name]`` timed ones. Alternating spreads a
+  shared machine's changing load over all of them; the untimed calls let the previous library's
+  threads wind down and this one's wake up, which would otherwise add a millisecond to the first
+  call of every block (``common.time_interleaved`` times whole blocks, so it would count it).
+  """
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      for _ in range(settle):
+        jax.block_until_ready(fn())
+      for _ in range(calls[name]):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_size(b: int, dim: int, *, rounds: int, calls: int, seed: int = 0) -> list[dict]:
+  """Checks agreement at batch ``b``, then times each miner's three implementations.
+
+  They take turns (``rounds`` rounds of ``calls`` calls each, one call of the loop), so that the
+  load of a shared machine weighs on all of them alike.
+  """
+  rows = []
+  for miner in MINERS:
+    found = check_agreement(miner, b, dim, seed=seed)
+    print(f"  B={b} {miner}: losses agree: "
+          + ", ".join(f"{name} {value:.7f}" for name, value in found.items()), flush=True)
+    inputs = make_inputs(b, dim, seed)
+    ours = jax_step(miner, inputs, seed=seed)
+    triplets = valid_triplets(ours()[1]) if miner == "distance" else None
+    steps = {"ssldml_jax": ours,
+             "pytorch-metric-learning": pml_step(miner, inputs, triplets=triplets),
+             "python loop": loop_step(miner, inputs, seed=seed)}
+    seconds = time_alternating(steps, rounds=rounds, calls={
+        "ssldml_jax": calls, "pytorch-metric-learning": calls, "python loop": 1})
+    for peer in ("pytorch-metric-learning", "python loop"):
+      rows.append({"benchmark": "mining", "case": f"{miner} B={b} D={dim}",
+                   "ours_s": seconds["ssldml_jax"], "peer": peer, "peer_s": seconds[peer],
+                   "ratio": seconds[peer] / seconds["ssldml_jax"]})
+      if miner == "distance" and peer != "python loop":
+        rows[-1]["note"] = "loss on our triplets (pml has no such miner)"
+  return rows
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+  try:
+    sizes = tuple(int(s) for s in text.split(","))
+  except ValueError:
+    sizes = ()
+  if not sizes or min(sizes) < 3:
+    raise argparse.ArgumentTypeError(f"--sizes={text!r} must be comma-separated integers >= 3")
+  return sizes
+
+
+def main(args: Optional[Sequence[str]] = None) -> list[dict]:
+  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench mining",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", type=_sizes, default=SIZES, help="batch sizes, e.g. 64,256,1024")
+  parser.add_argument("--dim", type=int, default=128, help="embedding dimension")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="timing rounds; each calls the loop once, the others --calls times")
+  parser.add_argument("--calls", type=int, default=10, help="calls per round of ssldml_jax, pml")
+  parser.add_argument("--torch_threads", type=int, default=1,
+                      help="torch intra-op threads (0: torch's default); see the module doc")
+  parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, few repeats")
+  parser.add_argument("--no_record", action="store_true",
+                      help="do not append the figures to BENCHMARKS.md")
+  a = parser.parse_args(args)
+  for key in ("dim", "rounds", "calls"):
+    if getattr(a, key) < 1:
+      parser.error(f"--{key}={getattr(a, key)} must be >= 1")
+  if a.torch_threads < 0:
+    parser.error(f"--torch_threads={a.torch_threads} must be >= 0")
+  sizes, rounds, calls = (QUICK_SIZES, 1, 3) if a.quick else (a.sizes, a.rounds, a.calls)
+  print(common.machine_line(["torch", "pytorch-metric-learning"]), flush=True)
+  import torch
+  default_threads = torch.get_num_threads()
+  threads = a.torch_threads or default_threads
+  print(f"{common.load_line()}; torch intra-op threads: {threads}", flush=True)
+  rows = []
+  torch.set_num_threads(threads)
+  try:
+    for b in sizes:
+      rows += time_size(b, a.dim, rounds=rounds, calls=calls)
+  finally:
+    torch.set_num_threads(default_threads)
+  for r in rows:
+    if r["case"].endswith(f"B={GOAL_B} D=128"):
+      goal = GOALS[r["peer"]]
+      r["goal"] = f">= {goal:g}x: {'met' if r['ratio'] >= goal else 'NOT met'}"
+  common.print_comparison(rows, "mining + triplet loss, forward and backward (time per step)")
+  print(common.load_line(), flush=True)
+  if not (a.quick or a.no_record):
+    common.record("mining", {"rows": rows})
+  return rows
