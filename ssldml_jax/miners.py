@@ -41,8 +41,8 @@ class Triplets(NamedTuple):
 
 # Streams folded into the per-anchor key so that positive and negative draws are independent.
 _POSITIVE_STREAM, _NEGATIVE_STREAM = 0, 1
-# Columns per block when a row's k-th allowed candidate is looked up (see _kth_true).
-_BLOCK = 32
+# Bits per packed word of a row mask (see _pack_rows).
+_WORD = 32
 
 
 def _setup(n_anchors: int, n_candidates: int, offset, mask: Optional[jax.Array]):
@@ -65,20 +65,65 @@ def _argbest(scores: jax.Array, allowed: jax.Array, largest: bool):
   """Row-wise arg-min/max over allowed entries (lowest index on ties) and whether any exists.
 
   Equal to ``jnp.argmin``/``jnp.argmax`` (NaN counts as the best, a row with nothing allowed
-  gives 0) but written as two plain reductions: XLA's CPU arg-reduction is a serial loop about
-  5x slower than a min, and it dominated the whole mining step.
+  gives 0) but written as one float reduction and bit packing: XLA's CPU arg-reduction is a
+  serial loop about 5x slower than a min, and integer or boolean row reductions become a
+  reduce-window plus a reduce that do not fuse with what feeds them.
   """
   fill = -jnp.inf if largest else jnp.inf
   masked = jnp.where(allowed, scores, fill)
   best = (jnp.max if largest else jnp.min)(masked, axis=1, keepdims=True)
-  hit = (masked == best) | jnp.isnan(masked)
-  cols = jnp.arange(scores.shape[1], dtype=jnp.int32)
-  idx = jnp.min(jnp.where(hit, cols[None, :], scores.shape[1] - 1), axis=1)
-  return idx.astype(jnp.int32), allowed.any(axis=1)
+  hit = (masked == best) | jnp.isnan(masked)  # Never empty: the best is attained or NaN.
+  return _first_set_bit(_pack_rows(hit)), jnp.any(_pack_rows(allowed) != 0, axis=1)
+
+
+def _first_set_bit(packed: jax.Array) -> jax.Array:
+  """Column of the lowest set bit of each packed row (``32 * words - 1`` for an empty row)."""
+  words = packed.shape[1]
+  w = jnp.sum(jnp.cumsum(packed != 0, axis=1, dtype=jnp.int32) == 0, axis=1)  # Empty words first.
+  here = jnp.arange(words)[None, :] == w[:, None]
+  word = jnp.sum(jnp.where(here, packed, 0), axis=1, dtype=jnp.uint32)
+  bit = lax.population_count((word & (~word + jnp.uint32(1))) - jnp.uint32(1))  # Trailing zeros.
+  return jnp.minimum(w * _WORD + bit.astype(jnp.int32), words * _WORD - 1).astype(jnp.int32)
 
 
 def _anchor_keys(key: jax.Array, anchors: jax.Array, stream: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(anchors)
+
+
+def _anchor_uniforms(key: jax.Array, anchors: jax.Array, stream: int) -> jax.Array:
+  """``jax.random.uniform(fold_in(fold_in(key, anchor), stream))`` for every anchor, float32.
+
+  For the default key (threefry2x32, partitionable bits) the three hashes are written out as
+  plain integer arithmetic: XLA:CPU runs jax's own threefry as a 5-trip while loop of small
+  kernels, three times in a row, which cost more than the rest of the negative draw. Any other
+  key implementation goes through jax.random; tests/test_miner_kernels.py checks they agree bit
+  for bit.
+  """
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  impl = str(jax.random.key_impl(key)) if typed else str(jax.config.jax_default_prng_impl)
+  if impl != "threefry2x32" or not jax.config.jax_threefry_partitionable:
+    return jax.vmap(jax.random.uniform)(_anchor_keys(key, anchors, stream))
+  data = jax.random.key_data(key) if typed else jnp.asarray(key, jnp.uint32)
+  zero = jnp.zeros(anchors.shape, jnp.uint32)
+  k0, k1 = _threefry2x32(data[0], data[1], zero, anchors.astype(jnp.uint32))  # fold_in(key, i)
+  k0, k1 = _threefry2x32(k0, k1, zero, zero + jnp.uint32(stream))           # fold_in(., stream)
+  b0, b1 = _threefry2x32(k0, k1, zero, zero)                                 # 32 random bits
+  mantissa = ((b0 ^ b1) >> jnp.uint32(9)) | jnp.uint32(0x3F800000)           # in [1, 2)
+  return lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+
+
+def _threefry2x32(k0, k1, x0, x1):
+  """The Threefry-2x32 block cipher, 20 rounds (Salmon et al., SC 2011), on uint32 arrays."""
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for group in range(5):
+    for r in rotations[group % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r)))
+    x0 = x0 + ks[(group + 1) % 3]
+    x1 = x1 + ks[(group + 2) % 3] + jnp.uint32(group + 1)
+  return x0, x1
 
 
 def _random_choice(key: jax.Array, anchors: jax.Array, allowed: jax.Array, stream: int):
@@ -87,29 +132,51 @@ def _random_choice(key: jax.Array, anchors: jax.Array, allowed: jax.Array, strea
   One uniform number per row picks the k-th allowed column (k = floor(u * count)): drawing a
   score for every column instead costs B^2 random numbers, the most expensive part of mining.
   """
-  keys = _anchor_keys(key, anchors, stream)
-  u = jax.vmap(jax.random.uniform)(keys)
-  count = jnp.sum(allowed, axis=1, dtype=jnp.int32)
+  return _random_bit(key, anchors, _pack_rows(allowed), allowed.shape[1], stream)
+
+
+def _random_bit(key: jax.Array, anchors: jax.Array, packed: jax.Array, num: int, stream: int):
+  """``_random_choice`` given the allowed mask packed by ``_pack_rows`` (``num`` columns)."""
+  u = _anchor_uniforms(key, anchors, stream)
+  pop = lax.population_count(packed).astype(jnp.int32)
+  count = jnp.sum(pop, axis=1)
   k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
-  return jnp.minimum(_kth_true(allowed, k), allowed.shape[1] - 1), count > 0
+  return jnp.minimum(_kth_set_bit(packed, pop, k), num - 1), count > 0
 
 
-def _kth_true(mask: jax.Array, k: jax.Array) -> jax.Array:
-  """Column of the (k+1)-th True of each row of ``mask`` (past the end when there is none).
+def _pack_rows(mask: jax.Array) -> jax.Array:
+  """``(n, N)`` bool as ``(n, ceil(N / 32))`` uint32; column ``32 w + b`` is bit ``b`` of word w.
 
-  In two levels, blocks of ``_BLOCK`` columns and then the columns of one block, because a
-  row-long cumulative sum is a reduce-window that XLA:CPU runs slowly (3 ms at 1024 x 1024).
+  Everything after the packing works on 32x fewer elements, and XLA:CPU fuses the packing with
+  whatever produced the mask into one reduction; a row-long cumulative sum would be a slow
+  reduce-window instead (3 ms at 1024 x 1024).
   """
   n, num = mask.shape
-  blocks = jnp.pad(mask, ((0, 0), (0, -num % _BLOCK))).astype(jnp.int32)
-  blocks = blocks.reshape(n, -1, _BLOCK)
-  before_block = jnp.cumsum(jnp.sum(blocks, axis=2), axis=1)        # Trues up to each block.
-  j = jnp.minimum(jnp.sum(before_block <= k[:, None], axis=1), blocks.shape[1] - 1)
-  skipped = jnp.where(j > 0, jnp.take_along_axis(before_block, jnp.maximum(j - 1, 0)[:, None],
-                                                 axis=1)[:, 0], 0)
-  inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # (n, _BLOCK)
-  within = jnp.sum(jnp.cumsum(inside, axis=1) <= (k - skipped)[:, None], axis=1)
-  return (j * _BLOCK + within).astype(jnp.int32)
+  words = -(-num // _WORD)
+  padded = jnp.pad(mask, ((0, 0), (0, words * _WORD - num))).reshape(n, words, _WORD)
+  bits = padded.astype(jnp.uint32) << jnp.arange(_WORD, dtype=jnp.uint32)
+  return jnp.sum(bits, axis=2, dtype=jnp.uint32)  # Disjoint bits: the sum is a bitwise or.
+
+
+def _kth_set_bit(packed: jax.Array, pop: jax.Array, k: jax.Array) -> jax.Array:
+  """Column of the (k+1)-th set bit of each packed row (``pop``: its words' popcounts).
+
+  Past the end of the row (``>= 32 * words``) when the row has at most ``k`` set bits.
+  """
+  words = packed.shape[1]
+  through = jnp.cumsum(pop, axis=1)                                 # Set bits up to each word.
+  w = jnp.minimum(jnp.sum(through <= k[:, None], axis=1), words - 1)
+  here = jnp.arange(words)[None, :] == w[:, None]
+  word = jnp.sum(jnp.where(here, packed, 0), axis=1, dtype=jnp.uint32)
+  rank = k - jnp.sum(jnp.where(here, through - pop, 0), axis=1)   # Set bits to skip in `word`.
+  bit = jnp.zeros_like(k)
+  for width in (16, 8, 4, 2, 1):  # Binary search: the wanted bit is above the lower `width`?
+    low = lax.population_count((word >> bit.astype(jnp.uint32)) & jnp.uint32((1 << width) - 1))
+    low = low.astype(jnp.int32)
+    above = rank >= low
+    rank = jnp.where(above, rank - low, rank)
+    bit = jnp.where(above, bit + width, bit)
+  return jnp.where(k < through[:, -1], w * _WORD + bit, words * _WORD).astype(jnp.int32)
 
 
 def _finish(anchors, pos, neg, valid) -> Triplets:
@@ -144,12 +211,19 @@ def distance_miner(raw_dist: jax.Array, key: jax.Array, neg_topk: Optional[int] 
   anchors, usable, anchor_ok = _setup(n, num, offset, mask)
   usable = usable & jnp.isfinite(raw_dist)
   pos, has_pos = _argbest(raw_dist, usable, largest=False)
-  neg_allowed = usable & (jnp.arange(num)[None, :] != pos[:, None])
   if neg_topk is not None and neg_topk < num:
+    neg_allowed = usable & (jnp.arange(num)[None, :] != pos[:, None])
     _, top = lax.top_k(jnp.where(neg_allowed, raw_dist, -jnp.inf), neg_topk)
     in_top = jnp.zeros((n, num), bool).at[jnp.arange(n)[:, None], top].set(True)
-    neg_allowed = neg_allowed & in_top
-  neg, has_neg = _random_choice(key, anchors, neg_allowed, _NEGATIVE_STREAM)
+    neg, has_neg = _random_choice(key, anchors, neg_allowed & in_top, _NEGATIVE_STREAM)
+  else:
+    # The usable set less the positive, by clearing one bit of the packed usable mask (which
+    # _argbest packed already) instead of another pass over the (n, N) matrix.
+    bits = _pack_rows(usable)
+    pos_bit = jnp.where(jnp.arange(bits.shape[1])[None, :] == (pos // _WORD)[:, None],
+                        jnp.uint32(1) << (pos % _WORD).astype(jnp.uint32)[:, None], 0)
+    neg, has_neg = _random_bit(key, anchors, bits & ~pos_bit.astype(jnp.uint32), num,
+                               _NEGATIVE_STREAM)
   return _finish(anchors, pos, neg, anchor_ok & has_pos & has_neg)
 
 
