@@ -6,7 +6,7 @@
 #   bash launch/local.sh probe -- --config=configs/probe.py --workdir=runs/probe --config.encoder_workdir=runs/ssl_dml_dtw
 # MODULE is one of pretrain, probe, reproduce, bench. Uses .venv (made by launch/setup.sh) when present.
 set -euo pipefail
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && !/^#( |$)/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2; }
 [ $# -ge 2 ] && [ "$2" = "--" ] || usage
 module="$1"; shift 2
 case "$module" in pretrain|probe|reproduce|bench) ;; *) echo "unknown module '$module'" >&2; usage ;; esac

@@ -5,18 +5,22 @@
 #
 # Usage: bash launch/multiprocess.sh NUM_PROCESSES [--devices_per_process=K] -- MODULE ARGS...
 #   bash launch/multiprocess.sh 2 --devices_per_process=2 -- pretrain --config=configs/ssl_dml_dtw.py:tiny --workdir=runs/mp
-# Each process sees K fake CPU devices (default 1). Logs go to WORKDIR-less files logs/process_<i>.log under
-# $SSLDML_LOG_DIR (default: a temporary directory, printed); process 0 also prints to the terminal.
+# MODULE is one of pretrain, probe, reproduce. Each process sees K fake CPU devices (default 1). Process i
+# logs to process_<i>.log in $SSLDML_LOG_DIR (default: a new temporary directory, printed); process 0's log
+# is also shown here. When one process fails the others are stopped, and the exit status is 1.
 set -euo pipefail
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && !/^#( |$)/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 num="$1"; shift
 [[ "$num" =~ ^[1-9][0-9]*$ ]] || { echo "NUM_PROCESSES must be a positive integer, got '$num'" >&2; usage; }
 devices=1
 if [[ "${1:-}" == --devices_per_process=* ]]; then devices="${1#*=}"; shift; fi
-[ "${1:-}" = "--" ] || usage
+[[ "$devices" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "--devices_per_process must be a positive integer, got '$devices'" >&2; usage; }
+[ "${1:-}" = "--" ] && [ $# -ge 2 ] || usage
 shift
 module="$1"; shift
+case "$module" in pretrain|probe|reproduce) ;; *) echo "unknown module '$module'" >&2; usage ;; esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$python" ] || python=python3
@@ -35,13 +39,26 @@ for ((i = 0; i < num; i++)); do
   pids+=($!)
 done
 tail -n +1 -f "$logs/process_0.log" --pid "${pids[0]}" &
+tail_pid=$!
+# Wait for the processes in the order they end: the survivors of a failed process would otherwise
+# wait for it in a collective until the coordination service times out.
 status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
+running=("${pids[@]}")
+while [ ${#running[@]} -gt 0 ]; do
+  rc=0
+  wait -n -p ended "${running[@]}" || rc=$?
+  still=()
+  for p in "${running[@]}"; do [ "$p" = "$ended" ] || still+=("$p"); done
+  running=("${still[@]}")
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+    for i in "${!pids[@]}"; do [ "${pids[$i]}" = "$ended" ] && failed=$i; done
+    echo "multiprocess: process $failed failed (exit status $rc), stopping the others; last lines of" \
+         "$logs/process_$failed.log:" >&2
+    tail -n 20 "$logs/process_$failed.log" >&2
     status=1
-    echo "multiprocess: process $i failed; last lines of $logs/process_$i.log:" >&2
-    tail -n 20 "$logs/process_$i.log" >&2
+    cleanup
   fi
 done
+wait "$tail_pid" 2>/dev/null || true
 trap - EXIT
 exit $status

@@ -103,6 +103,9 @@ ENV_COORDINATOR = "SSLDML_COORDINATOR"
 ENV_NUM_PROCESSES = "SSLDML_NUM_PROCESSES"
 ENV_PROCESS_ID = "SSLDML_PROCESS_ID"
 ENV_MULTIHOST = "SSLDML_MULTIHOST"  # "1": call jax.distributed.initialize() with auto-detection.
+# "0,1,...": the local devices one process drives (launch/slurm_gpu.sbatch: all of its node's GPUs).
+# Without it, JAX gives each SLURM process only the GPU numbered by its SLURM_LOCALID.
+ENV_LOCAL_DEVICE_IDS = "SSLDML_LOCAL_DEVICE_IDS"
 
 
 def initialize_distributed() -> None:
@@ -121,4 +124,5 @@ def initialize_distributed() -> None:
         num_processes=int(os.environ[ENV_NUM_PROCESSES]),
         process_id=int(os.environ[ENV_PROCESS_ID]))
   elif os.environ.get(ENV_MULTIHOST) == "1":
-    jax.distributed.initialize()
+    ids = os.environ.get(ENV_LOCAL_DEVICE_IDS)
+    jax.distributed.initialize(local_device_ids=[int(i) for i in ids.split(",")] if ids else None)

@@ -4,8 +4,9 @@ The loop feeds device-shaped batches from the input pipeline to the method's ste
 (``ssldml_jax.steps``) compiled with ``pmap`` or ``shard_map`` (``config.train.parallel``), logs
 (``ssldml_jax.metrics_log``) and checkpoints (``ssldml_jax.checkpoint``). A run started on a
 workdir that holds checkpoints resumes from the newest readable one, with the train state, the
-run's RNG key and every process's input-iterator position, so a killed run that is started
-again ends with the same parameters, bit for bit, as one never interrupted.
+run's RNG key and the input-stream position, so a killed run that is started again ends with the
+same parameters, bit for bit, as one never interrupted. The position is the same on every process,
+so a run may also resume on another number of processes (or hosts) with the same global batch.
 
 Workdir layout: ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/<step>/``.
 """
@@ -204,19 +205,6 @@ def _from_tree(template: steps.TrainState, tree: dict) -> tuple[steps.TrainState
   return flax.serialization.from_state_dict(template, tree["train_state"]), tree["rng"]
 
 
-def _all_processes(text: str) -> list[str]:
-  """``text`` of every process, in process order (the data iterators' states differ by host)."""
-  if jax.process_count() == 1:
-    return [text]
-  data = np.frombuffer(text.encode("utf-8"), np.uint8)
-  length = int(np.max(multihost_utils.process_allgather(np.int32(len(data)))))
-  padded = np.zeros(length, np.uint8)
-  padded[:len(data)] = data
-  lengths = multihost_utils.process_allgather(np.int32(len(data)))
-  rows = multihost_utils.process_allgather(padded)
-  return [bytes(row[:n]).decode("utf-8") for row, n in zip(np.asarray(rows), np.asarray(lengths))]
-
-
 def _mean_metrics(history: list[dict]) -> dict:
   """Mean of each metric (host arrays) over the steps that were applied; skipped steps are
   counted apart."""
@@ -281,13 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
       start, tree, meta = restored
       state, run_key = _from_tree(state, tree)
-      data_states = meta["data_state"]
-      if len(data_states) != jax.process_count():
-        raise cli.ConfigError(
-            f"the checkpoint at step {start} in {ckpts.directory} was written by "
-            f"{len(data_states)} process(es), this run has {jax.process_count()}; resume with "
-            "the same number of processes")
-      train_iter.set_state(data_states[jax.process_index()].encode("utf-8"))
+      # One input position for all processes, whatever their number then and now.
+      try:
+        train_iter.set_state(str(meta["data_state"]).encode("utf-8"))
+      except (KeyError, ValueError) as e:
+        raise cli.ConfigError(f"the checkpoint at step {start} in {ckpts.directory} cannot "
+                              f"resume this config's input: {e}") from None
     if is_chief:
       metrics_log.write_config(workdir, config)
     log = metrics_log.MetricsLog(workdir, total_steps=total, initial_step=start,
@@ -301,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def save(step: int, p_state: Any) -> None:
       host_state = first_replica(p_state)
       ckpts.save(step, _state_tree(host_state, run_key),
-                 {"data_state": _all_processes(train_iter.get_state().decode("utf-8")),
+                 {"data_state": train_iter.get_state().decode("utf-8"),
                   "total_steps": total, "num_samples": info["num_samples"],
                   "method": config.method})
 

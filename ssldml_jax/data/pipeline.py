@@ -1,14 +1,19 @@
 """The grain input pipeline: TFDS array_record splits to device-shaped host batches.
 
-Training batches come from a grain ``DataLoader`` over the split's records: each process reads its
-own shard (``jax.process_index()`` of ``jax.process_count()``, equal-sized, remainder dropped), an
-``IndexSampler`` reshuffles the shard every epoch from the seed, and grain transforms decode int16
-microvolts to float32 millivolts, resample to ``config.data.sampling_rate``, optionally band-pass,
-and shape ``[local_devices, per_device_batch, T, 12]``. The record stream runs on across epoch
-boundaries (only the end of a finite run drops a remainder), so an epoch is ``steps_per_epoch``
-batches. A background thread keeps ``config.data.prefetch`` batches ready; ``get_state()``
-describes the position after the last batch *handed out* (not the last one prefetched), so a
-checkpoint resumes mid-epoch exactly.
+Training batches come from one record stream that every process computes alike: all records of
+the split, in a new permutation every epoch (grain's index shuffle, from the seed), epochs back to
+back. Global batch k is the next ``G`` records of the stream (``G`` = per-device batch x all
+devices), and each process reads only its own rows of it: process ``p`` the ``L`` records
+``[p L, (p + 1) L)`` (``L`` = per-device batch x its local devices), which is where they lie in the
+device-major global batch that mining gathers. So the records of a global batch, and their place
+on the global devices, depend on the seed, the stream position and ``G`` only: 2 processes of 2
+devices see the batches of 1 process of 4, and a run may resume on another process count. grain
+transforms decode int16 microvolts to float32 millivolts, resample to
+``config.data.sampling_rate``, optionally band-pass, and shape ``[local_devices,
+per_device_batch, T, 12]``. Only the end of a finite run drops a remainder, so an epoch is about
+``steps_per_epoch`` batches. A background thread keeps ``config.data.prefetch`` batches ready;
+``get_state()`` is the stream position after the last batch *handed out* (not the last one
+prefetched), the same on every process, so a checkpoint resumes mid-epoch exactly.
 
 Evaluation batches visit every example of a split exactly once over all processes: each process
 takes a contiguous slice, the last batch is padded to full shape and ``mask`` marks the real rows,
@@ -23,10 +28,11 @@ them before ``jax.device_put``), every array with the leading ``[devices, per_de
 from __future__ import annotations
 
 import functools
+import json
 import math
 import queue
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from absl import flags
 import grain
@@ -277,6 +283,45 @@ def _empty_batch(num_devices: int, per_device: int, num_samples: int) -> dict:
   return _to_devices(_pad(batch, size), num_devices)
 
 
+# --- The training stream ---------------------------------------------------------------------
+
+# Batches offered by an endless training iterator: far more than any run takes, small enough that
+# stream positions stay exact integers.
+_ENDLESS_BATCHES = 2**40
+
+
+class _LocalBatches:
+  """This process's rows of each global batch of the training stream, one item per batch.
+
+  Item ``i`` is global batch ``i`` after stream position ``start``: the records at positions
+  ``start + i G + p L + r`` for ``r < L``, stacked. An item is a whole batch (not a record) so
+  that grain's worker processes, which take items in turn, hand the batches back in order.
+  """
+
+  def __init__(self, records: _Records, to_example: "_ToExample", *, shuffle: bool, seed: int,
+               start: int, global_batch: int, local_batch: int, process_index: int,
+               num_batches: int):
+    self._records, self._to_example = records, to_example
+    order = grain.MapDataset.range(len(records))
+    # Indexing past the end continues into the next epoch, with the permutation of that epoch.
+    self._order = order.shuffle(seed=seed) if shuffle else order
+    self._first = start + process_index * local_batch
+    self._global_batch, self._local_batch = global_batch, local_batch
+    self._num_batches = num_batches
+
+  def __len__(self) -> int:
+    return self._num_batches
+
+  def __getitem__(self, index: int) -> dict:
+    first = self._first + int(index) * self._global_batch
+    examples = [self._to_example.map(self._records[self._order[position]])
+                for position in range(first, first + self._local_batch)]
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+  def __repr__(self) -> str:
+    return f"LocalBatches({self._records!r}, first={self._first}, n={self._num_batches})"
+
+
 # --- Background prefetch --------------------------------------------------------------------------
 
 _END = object()
@@ -288,11 +333,7 @@ class _Failure:
 
 
 class _Prefetcher:
-  """Runs a grain iterator ``depth`` batches ahead in a daemon thread.
-
-  Each batch travels with the iterator state taken right after it, which is what a checkpoint
-  must store once the consumer has that batch.
-  """
+  """Runs a grain iterator ``depth`` batches ahead in a daemon thread."""
 
   def __init__(self, iterator: Any, depth: int):
     self._iterator = iterator
@@ -304,7 +345,7 @@ class _Prefetcher:
   def _run(self) -> None:
     try:
       for batch in self._iterator:
-        if not self._put((batch, self._iterator.get_state())):
+        if not self._put(batch):
           return
       self._put(_END)
     except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the consumer.
@@ -319,7 +360,7 @@ class _Prefetcher:
         continue
     return False
 
-  def next(self) -> tuple[dict, bytes]:
+  def next(self) -> dict:
     item = self._queue.get()
     if item is _END:
       self._queue.put(_END)  # Stay exhausted on later calls.
@@ -338,47 +379,60 @@ class _Prefetcher:
 
 
 class Batches:
-  """Batches from a grain ``DataLoader``, prefetched, with the state of the last one returned.
+  """Batches from grain ``DataLoader``s, prefetched; a training stream's also tell their position.
 
-  ``num_examples``: the records this process reads per epoch; ``steps_per_epoch``: the batches
-  they make (after ``require_pcwp`` filtering, unlike a count from ``dataset_info``).
+  ``make_loader(start)`` makes the loader of the batches from stream position ``start``; a
+  position advances ``stride`` records a batch (the global batch). ``stream`` names the stream
+  (dataset, split, records, seed, shuffle) in the state, so that a state is only ever set on an
+  iterator of the same stream. ``num_examples``: the records of the split per epoch, over all
+  processes; ``steps_per_epoch``: the global batches they make (after ``require_pcwp``
+  filtering, unlike a count from ``dataset_info``).
   """
 
-  def __init__(self, loader: grain.DataLoader, prefetch: int, *, num_examples: int = 0,
+  def __init__(self, make_loader: Callable[[int], Iterable[dict]], prefetch: int, *,
+               stride: int = 0, stream: Optional[dict] = None, num_examples: int = 0,
                batch_size: int = 1):
-    self._loader, self._prefetch = loader, prefetch
+    self._make_loader, self._prefetch = make_loader, prefetch
+    self._stride, self._stream = stride, stream or {}
     self.num_examples = num_examples
     self.steps_per_epoch = num_examples // batch_size
     self._prefetcher = None
-    self._start(None)
+    self._start(0)
 
-  def _start(self, state: Optional[bytes]) -> None:
-    iterator = iter(self._loader)
-    if state is not None:
-      iterator.set_state(state)
-    self._state = iterator.get_state()
-    self._iterator = iterator
-    self._prefetcher = _Prefetcher(iterator, self._prefetch) if self._prefetch else None
+  def _start(self, position: int) -> None:
+    self._position = position
+    self._iterator = iter(self._make_loader(position))
+    self._prefetcher = _Prefetcher(self._iterator, self._prefetch) if self._prefetch else None
 
   def __iter__(self) -> "Batches":
     return self
 
   def __next__(self) -> dict:
-    if self._prefetcher is None:
-      batch = next(self._iterator)
-      self._state = self._iterator.get_state()
-      return batch
-    batch, self._state = self._prefetcher.next()
+    batch = next(self._iterator) if self._prefetcher is None else self._prefetcher.next()
+    self._position += self._stride
     return batch
 
   def get_state(self) -> bytes:
-    """JSON bytes (grain's state) for the position after the last batch returned."""
-    return self._state
+    """JSON bytes: the stream position after the last batch returned (the same on every
+    process, whatever their number)."""
+    return json.dumps({"position": self._position, "stream": self._stream}).encode("utf-8")
 
   def set_state(self, state: bytes) -> None:
-    """Continues from a ``get_state()`` of an iterator made with the same arguments."""
+    """Continues from a ``get_state()`` of an iterator over the same stream (any process count
+    or batch size: the next batch starts at the stored position)."""
+    try:
+      saved = json.loads(state)
+      position, stream = int(saved["position"]), saved["stream"]
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(f"not a training-stream state ({type(e).__name__}: {e})") from None
+    if stream != self._stream:
+      differ = sorted(k for k in set(stream) | set(self._stream)
+                      if stream.get(k) != self._stream.get(k))
+      raise ValueError("the stored input position belongs to another record stream ("
+                       + ", ".join(f"{k} {stream.get(k)!r} there, {self._stream.get(k)!r} here"
+                                   for k in differ) + ")")
     self.close()
-    self._start(state)
+    self._start(position)
 
   def close(self) -> None:
     """Stops the prefetch thread (also done when the iterator is garbage-collected)."""
@@ -428,27 +482,42 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   source = _Records(builder, split)
   if require_pcwp:
     source = source.subset(_known_pcwp(source), "known_pcwp")
-  batch_size = num_devices * settings["per_device"]
-  per_process = len(source) // count
-  if per_process < batch_size:
+  local_batch = num_devices * settings["per_device"]
+  global_batch = local_batch * count
+  if len(source) < global_batch:
     raise cli.ConfigError(
-        f"config.data.per_device_batch_size={settings['per_device']} x {num_devices} devices = "
-        f"{batch_size} exceeds the {per_process} training examples per process of "
+        f"config.data.per_device_batch_size={settings['per_device']} x {num_devices * count} "
+        f"devices = {global_batch} exceeds the {len(source)} training examples of "
         f"{builder.info.full_name} split {split!r}"
         + (" with a known pcwp" if require_pcwp else ""))
-  shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=shard, shuffle=settings["shuffle"],
-      num_epochs=num_epochs, seed=int(seed) % 2**32)
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler, shard_options=shard,
-      operations=[_ToExample(stored_rate),
-                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
-                  _ToDeviceBatch(stored_rate=stored_rate, rate=settings["rate"],
-                                 bandpass=settings["bandpass"], num_devices=num_devices,
-                                 per_device=settings["per_device"])],
-      worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
-  return Batches(loader, settings["prefetch"], num_examples=per_process, batch_size=batch_size)
+  seed = int(seed) % 2**32
+  to_example = _ToExample(stored_rate)
+  to_batch = _ToDeviceBatch(stored_rate=stored_rate, rate=settings["rate"],
+                            bandpass=settings["bandpass"], num_devices=num_devices,
+                            per_device=settings["per_device"])
+
+  def make_loader(start: int) -> Iterable[dict]:
+    if num_epochs is None:
+      num_batches = _ENDLESS_BATCHES
+    else:
+      num_batches = max(num_epochs * len(source) - start, 0) // global_batch
+    if not num_batches:
+      return ()
+    batches = _LocalBatches(source, to_example, shuffle=settings["shuffle"], seed=seed,
+                            start=start, global_batch=global_batch, local_batch=local_batch,
+                            process_index=index, num_batches=num_batches)
+    # The stream is split over processes by _LocalBatches, so the loader itself shards nothing.
+    return grain.DataLoader(
+        data_source=batches,
+        sampler=grain.samplers.IndexSampler(num_records=num_batches, shuffle=False, num_epochs=1),
+        operations=[to_batch],
+        worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
+
+  stream = {"dataset": builder.info.full_name, "split": split, "records": len(source),
+            "subset": "known_pcwp" if require_pcwp else "all", "seed": seed,
+            "shuffle": settings["shuffle"]}
+  return Batches(make_loader, settings["prefetch"], stride=global_batch, stream=stream,
+                 num_examples=len(source), batch_size=global_batch)
 
 
 class EvalBatches:
@@ -490,7 +559,7 @@ class EvalBatches:
                                      per_device=self._settings["eval_per_device"])],
           worker_count=self._settings["num_workers"],
           read_options=grain.ReadOptions(**_READ_OPTIONS))
-      batches = Batches(loader, self._settings["prefetch"])
+      batches = Batches(lambda start: loader, self._settings["prefetch"])
       try:
         for batch in batches:
           produced += 1
