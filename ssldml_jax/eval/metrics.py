@@ -89,6 +89,14 @@ def _tie_groups(sorted_scores: np.ndarray) -> np.ndarray:
   return np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
 
 
+def _counts_above(y: np.ndarray, score: np.ndarray):
+  """Each distinct score (decreasing) with the true and false positives of ``score >= it``."""
+  order = np.argsort(-score, kind="stable")
+  s, yo = score[order], y[order]
+  ends = np.r_[_tie_groups(s)[1:], s.size] - 1
+  return s[ends], np.cumsum(yo)[ends], np.cumsum(~yo)[ends]
+
+
 # ----------------------------------------------------------------------- ranking metrics
 
 
@@ -135,12 +143,9 @@ def roc_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(fpr, tpr, thresholds) at every distinct score, starting from (0, 0) at +inf."""
   score = check_scores("score", score)
   y = check_binary("y", y, score.size)
-  order = np.argsort(-score, kind="stable")
-  s, yo = score[order], y[order]
-  ends = np.r_[_tie_groups(s)[1:], s.size] - 1
-  tps, fps = np.cumsum(yo)[ends], np.cumsum(~yo)[ends]
+  thresholds, tps, fps = _counts_above(y, score)
   p, n = max(tps[-1], 1), max(fps[-1], 1)
-  return (np.r_[0.0, fps / n], np.r_[0.0, tps / p], np.r_[np.inf, s[ends]])
+  return (np.r_[0.0, fps / n], np.r_[0.0, tps / p], np.r_[np.inf, thresholds])
 
 
 def pr_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,13 +153,10 @@ def pr_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   thresholds increasing (recall decreasing), then a last point (precision 1, recall 0)."""
   score = check_scores("score", score)
   y = check_binary("y", y, score.size)
-  order = np.argsort(-score, kind="stable")
-  s, yo = score[order], y[order]
-  ends = np.r_[_tie_groups(s)[1:], s.size] - 1
-  tps, fps = np.cumsum(yo)[ends], np.cumsum(~yo)[ends]
+  thresholds, tps, fps = _counts_above(y, score)
   precision = tps / (tps + fps)
   recall = tps / max(tps[-1], 1)
-  return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], s[ends][::-1]
+  return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
 
 
 # ---------------------------------------------------------------- thresholded classification
@@ -176,19 +178,16 @@ def choose_threshold(y_val, score_val, criterion: str = "f1") -> float:
                      "chosen")
   if criterion not in ("f1", "youden"):
     raise ValueError(f"criterion={criterion!r} is not allowed; choose 'f1' or 'youden'")
-  order = np.argsort(-score, kind="stable")
-  s, yo = score[order], y[order]
-  ends = np.r_[_tie_groups(s)[1:], s.size] - 1
-  tp, fp = np.cumsum(yo)[ends], np.cumsum(~yo)[ends]
+  candidates, tp, fp = _counts_above(y, score)
   p, n = tp[-1], fp[-1]
   if criterion == "f1":
     value = 2.0 * tp / (tp + fp + p)   # 2TP / (2TP + FP + FN) with FN = P - TP.
   else:
     value = tp / p - fp / n
   best = int(np.argmax(value))
-  if best + 1 < ends.size:
-    return float(0.5 * (s[ends[best]] + s[ends[best + 1]]))
-  return float(s[ends[best]])
+  if best + 1 < candidates.size:
+    return float(0.5 * (candidates[best] + candidates[best + 1]))
+  return float(candidates[best])
 
 
 def _confusion(y, score, weights, threshold: float):
