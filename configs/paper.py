@@ -1,33 +1,26 @@
 """The main job at the paper's budget, for a GPU or TPU host (hours to days).
 
     python -m ssldml_jax.reproduce --config=configs/paper.py --workdir=runs/paper
-    python -m ssldml_jax.reproduce --config=configs/paper.py --workdir=runs/paper_ptbxl \
-        --config.data.name=ptbxl/default --config.probe.train_split=... (a dataset with mPCWP)
 
 ResNet-18 (width 64, embedding 128) on 10 s ECGs at 250 Hz, batch 64 per device, 100 epochs,
 Adam with L2 1e-4 and learning rate 1e-4, triplet margin 0.2, DTW mining on signals decimated to
-50 Hz; ``ecg_synth/large`` (~200k unlabeled ECGs, ~8k labeled, like the paper's cohort). Supervised
-DML and the supervised baseline are trained for both targets. Probes: logistic / ridge, MLP and
-full fine-tuning; label fractions 1%, 10%, 100% and n=1,000; seeds 0, 1, 2; 1,000 patient-bootstrap
-resamples and 1,000 permutations per subgroup test.
+50 Hz; ``ecg_synth/large`` (~200k unlabeled ECGs, ~8k labeled, like the paper's cohort). Every
+registered method (supervised DML and the supervised baseline for both targets, SimCLR, CLOCS,
+VICReg) and the random encoder. Probes: logistic / ridge, MLP and full fine-tuning; label
+fractions 1%, 10%, 100% and n=1,000; seeds 0, 1, 2; 1,000 patient-bootstrap resamples and 1,000
+permutations per subgroup test. Another dataset with mPCWP labels: ``--config.data.name=...``
+and its split names in ``--config.data.{pretrain,train,validation,test}_split``.
 """
 
-import ml_collections
-
-from ssldml_jax import config_defaults
+from ssldml_jax import cli, config_defaults, methods
 from ssldml_jax.eval import probe_config
-from ssldml_jax.pretrain_configs import parse_arg
+from ssldml_jax.reproduce import add_job_keys
 
 
 def get_config(arg=None):
-  parse_arg(arg, ())
-  c = config_defaults.base_config()
-  probe_config.add_probe_section(c)
-  c.methods = ("ssl_dml_dtw", "ssl_dml_euclidean", "supervised_dml", "supervised_dml_regression",
-               "supervised", "supervised_regression", "simclr", "clocs_cmsc", "random")
-  c.example_ecg_split = "test"
-  c.pretrain = ml_collections.ConfigDict()
-  c.pretrain.mining = ml_collections.ConfigDict({"decimate": 5})  # 250 -> 50 Hz for DTW
+  cli.parse_words(arg, ())
+  c = probe_config.add_probe_section(config_defaults.base_config())
+  add_job_keys(c, methods=methods.names(pretrained_only=True) + (methods.RANDOM.name,))
 
   c.data.name = "ecg_synth/large"
   c.data.sampling_rate = 250
@@ -35,6 +28,7 @@ def get_config(arg=None):
   c.model.name = "resnet18"
   c.model.width = 64
   c.model.embedding_dim = 128
+  c.mining.decimate = 5            # 250 -> 50 Hz for DTW
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-4
   c.optim.weight_decay = 1e-4

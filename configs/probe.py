@@ -13,16 +13,14 @@ Label fractions 1%, 10%, 100% of training patients and n=1,000 labeled ECGs; see
 ``ecg_synth/tiny`` for quick checks.
 """
 
-from ssldml_jax import config_defaults
+from ssldml_jax import cli, config_defaults, methods
 from ssldml_jax.eval import probe_config
-from ssldml_jax.pretrain_configs import apply_tiny, parse_arg
 
 
 def get_config(arg=None):
-  words = parse_arg(arg, ("tiny",))
-  c = config_defaults.base_config()
-  probe_config.add_probe_section(c)
+  words = cli.parse_words(arg, ("tiny",))
+  c = probe_config.add_probe_section(config_defaults.base_config())
   if "tiny" in words:
-    apply_tiny(c)
+    config_defaults.apply_tiny(c)
     probe_config.apply_tiny_probe(c)
-  return c
+  return probe_config.add_entry_keys(methods.project(c, probe_config.PROBE_KEYS))

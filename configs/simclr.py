@@ -4,13 +4,12 @@
     python -m ssldml_jax.pretrain --config=configs/simclr.py:tiny --workdir=runs/tiny_simclr
 
 Views: baseline wander, per-ECG gain, Gaussian noise, a time mask and lead dropout
-(config.augment); projection head on the encoder's embedding; temperature 0.1.
+(config.augment); projection head on the encoder's embedding; temperature 0.1. The method:
+``ssldml_jax/methods/simclr.py``.
 """
 
-from ssldml_jax.pretrain_configs import pretrain_config
+from ssldml_jax import methods
 
 
 def get_config(arg=None):
-  c = pretrain_config("simclr", arg)
-  c.loss.name = "ntxent"
-  return c
+  return methods.pretrain_config("simclr", arg)

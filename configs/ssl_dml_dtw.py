@@ -5,13 +5,11 @@
 
 Unlabeled pool, ResNet-18, embedding 128, triplet loss with margin 0.2, positive = DTW nearest
 neighbour in the global batch (signals decimated 250 -> 50 Hz for mining), negative at random;
-Adam(W) 1e-4, batch 64 per device, 100 epochs.
+Adam(W) 1e-4, batch 64 per device, 100 epochs. The method: ``ssldml_jax/methods/ssl_dml.py``.
 """
 
-from ssldml_jax.pretrain_configs import pretrain_config
+from ssldml_jax import methods
 
 
 def get_config(arg=None):
-  c = pretrain_config("ssl_dml", arg)
-  c.mining.raw_distance = "dtw"
-  return c
+  return methods.pretrain_config("ssl_dml_dtw", arg)

@@ -4,13 +4,11 @@
     python -m ssldml_jax.pretrain --config=configs/ssl_dml_euclidean.py:tiny --workdir=runs/tiny_ssl_dml_euclidean
 
 As configs/ssl_dml_dtw.py but with the Euclidean distance between the (decimated) raw signals, the
-paper's cheaper alternative to DTW.
+paper's cheaper alternative to DTW. The method: ``ssldml_jax/methods/ssl_dml.py``.
 """
 
-from ssldml_jax.pretrain_configs import pretrain_config
+from ssldml_jax import methods
 
 
 def get_config(arg=None):
-  c = pretrain_config("ssl_dml", arg)
-  c.mining.raw_distance = "euclidean"
-  return c
+  return methods.pretrain_config("ssl_dml_euclidean", arg)

@@ -1,14 +1,15 @@
-"""The supervised baseline: ResNet-18 trained end to end on the labeled cohort's training split.
+"""The supervised baseline: ResNet-18 and the probe head trained end to end on mPCWP > 18.
 
-    python -m ssldml_jax.pretrain --config=configs/supervised.py:binary --workdir=runs/supervised_binary
-    python -m ssldml_jax.pretrain --config=configs/supervised.py:regression --workdir=runs/supervised_regression
+    python -m ssldml_jax.pretrain --config=configs/supervised.py --workdir=runs/supervised
     python -m ssldml_jax.pretrain --config=configs/supervised.py:tiny --workdir=runs/tiny_supervised
 
-BCE on mPCWP > 18 (binary, the default) or RMSE on standardised mPCWP (regression); no metric loss.
+BCE on mPCWP > config.task.pcwp_threshold, on the labeled cohort's training split; no metric
+loss. configs/supervised_regression.py is the same on mPCWP. The method:
+``ssldml_jax/methods/supervised.py``.
 """
 
-from ssldml_jax.pretrain_configs import pretrain_config
+from ssldml_jax import methods
 
 
 def get_config(arg=None):
-  return pretrain_config("supervised", arg)
+  return methods.pretrain_config("supervised", arg)

@@ -14,6 +14,22 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from ssldml_jax import cli
+
+# Strength keys of config.augment and their upper bounds (None: unbounded).
+_STRENGTHS = {"noise_std": None, "time_mask_fraction": 1.0, "wander_mv": None,
+              "lead_dropout": 0.999}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.augment``; raises ``cli.ConfigError`` naming the first bad key."""
+  for key, high in _STRENGTHS.items():
+    cli.check_range(config, f"augment.{key}", low=0.0, high=high)
+  low = cli.check_range(config, "augment.scale_min", low=1e-3)
+  cli.check_range(config, "augment.scale_max", low=low)
+  cli.check_range(config, "augment.wander_max_hz", low=0.05)
 
 
 def gaussian_noise(key: jax.Array, x: jax.Array, std: float) -> jax.Array:

@@ -8,16 +8,21 @@ that names the key and what is allowed, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+# The dotted keys given as ``--config.key=value`` in this program's command line (set by ``run``).
+_OVERRIDES: tuple[str, ...] = ()
+# While a ``recording()`` block runs: every key that a check or ``get_path`` looked up.
+_READ_LOG: Optional[set[str]] = None
 
 
 class ConfigError(ValueError):
@@ -96,12 +101,43 @@ def run(main: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   def absl_main(argv):
     if len(argv) > 1:
       _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    global _OVERRIDES
+    _OVERRIDES = tuple(config_flags.get_override_values(FLAGS["config"]))
     try:
       main(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
       _fail(str(e))
 
   app.run(absl_main, flags_parser=_parse_flags)
+
+
+def overrides() -> tuple[str, ...]:
+  """The dotted keys this program's command line overrode (empty when called from Python)."""
+  return _OVERRIDES
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[set[str]]:
+  """Collects the dotted key of every config lookup made through this module's checks."""
+  global _READ_LOG
+  outer, _READ_LOG = _READ_LOG, set()
+  try:
+    yield _READ_LOG
+  finally:
+    if outer is not None:
+      outer |= _READ_LOG
+    _READ_LOG = outer
+
+
+def parse_words(arg: Optional[str], allowed: Iterable[str]) -> set[str]:
+  """A config file's ``:arg``: ``"tiny"`` -> ``{"tiny"}``; an unknown word is a one-line error."""
+  words = {w.strip() for w in (arg or "").split(",") if w.strip()}
+  allowed = tuple(allowed)
+  unknown = sorted(words - set(allowed))
+  if unknown:
+    raise ConfigError(f"unknown config argument(s) {', '.join(map(repr, unknown))}; the words "
+                      "allowed after ':' are " + (", ".join(map(repr, allowed)) or "none"))
+  return words
 
 
 def check_choice(config: ml_collections.ConfigDict, key: str, allowed: Iterable[Any]) -> Any:
@@ -115,24 +151,68 @@ def check_choice(config: ml_collections.ConfigDict, key: str, allowed: Iterable[
 
 
 def check_range(config: ml_collections.ConfigDict, key: str, *, low: float = None,
-                high: float = None, allow_none: bool = False) -> Any:
-  """Returns ``config.<key>`` if ``low <= value <= high``; otherwise a ConfigError."""
+                high: float = None, allow_none: bool = False, positive: bool = False) -> Any:
+  """Returns ``config.<key>`` if ``low <= value <= high`` (and ``> 0`` when ``positive``)."""
   value = get_path(config, key)
   if value is None and allow_none:
     return value
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   ok = ok and (low is None or value >= low) and (high is None or value <= high)
+  ok = ok and (not positive or value > 0)
   if not ok:
     bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-    raise ConfigError(f"config.{key}={value!r} must be a number in {bounds}"
+    raise ConfigError(f"config.{key}={value!r} must be a "
+                      + ("positive number" if positive else "number") + f" in {bounds}"
                       + (" or None" if allow_none else ""))
   return value
 
 
+def check_int(config: ml_collections.ConfigDict, key: str, low: int,
+              allow_none: bool = False) -> Optional[int]:
+  """Returns ``config.<key>`` if it is an integer ``>= low`` (or None when allowed)."""
+  value = get_path(config, key)
+  if value is None and allow_none:
+    return None
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    raise ConfigError(f"config.{key}={value!r} must be an integer >= {low}"
+                      + (" or None" if allow_none else ""))
+  return value
+
+
+def check_words(config: ml_collections.ConfigDict, key: str, allowed: Optional[Iterable[Any]],
+                *, nonempty: bool = True, distinct: bool = True) -> tuple:
+  """A tuple of words, also given as ``--config.key=a,b``; stored back as a tuple.
+
+  ``allowed=None`` accepts any word.
+  """
+  value = get_path(config, key)
+  if isinstance(value, str):
+    value = (value,)
+  value = tuple(w.strip() if isinstance(w, str) else w
+                for v in (value or ()) for w in (str(v).split(",") if isinstance(v, str) else (v,))
+                if not isinstance(w, str) or w.strip())
+  section, _, leaf = key.rpartition(".")
+  node = get_path(config, section) if section else config
+  node[leaf] = value
+  allowed = None if allowed is None else tuple(allowed)
+  bad = [v for v in value if allowed is not None and v not in allowed]
+  if bad or (nonempty and not value) or (distinct and len(set(value)) != len(value)):
+    what = ("values from " + ", ".join(repr(a) for a in allowed)) if allowed is not None \
+        else "values"
+    raise ConfigError(f"config.{key}={value!r} must be a tuple of "
+                      + ("distinct " if distinct else "") + what)
+  return value
+
+
 def get_path(config: ml_collections.ConfigDict, key: str) -> Any:
+  """``config.<key>`` for a dotted key; a missing key is a ConfigError naming what exists."""
+  if _READ_LOG is not None:
+    _READ_LOG.add(key)
   node = config
   for part in key.split("."):
-    if part not in node:
-      raise ConfigError(f"config.{key} is missing (has {', '.join(sorted(node.keys()))})")
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+      has = ", ".join(sorted(node.keys())) if isinstance(node, (ml_collections.ConfigDict, dict)) \
+          else "no keys"
+      raise ConfigError(f"config.{key} is missing (has {has})")
     node = node[part]
   return node

@@ -1,7 +1,26 @@
-"""The defaults every ``configs/*.py`` starts from (paper settings, SPEC section 5).
+"""The one config schema: every key any stage reads, with the paper's settings (SPEC section 5).
 
-A config file calls ``base_config()`` and changes what its experiment needs, so every key that a
-program reads exists in every config and ``--config.key=value`` works everywhere.
+``base_config()`` is the union of what the stages read: the shared sections (``seed``, ``data``,
+``model``, ``optim``, ``train``), the sections of the methods (``mining``, ``loss``, ``task``,
+``augment`` and each registered method's own section, e.g. ``vicreg``) and the probe's
+(``probe``). A stage sees the projection of it that it reads (``ssldml_jax.methods.stage_config``,
+``ssldml_jax.eval.probe_config.probe_stage_config``), so an override given to the main job
+reaches every stage that reads that key, and a pretraining config file holds exactly the keys its
+method reads. Each section is validated by the module that owns it:
+
+==========  =================================================
+section     validated by
+==========  =================================================
+data        ``ssldml_jax.data.pipeline.validate``
+model       ``ssldml_jax.models.validate``
+optim       ``ssldml_jax.steps.validate_optim``
+train, seed ``ssldml_jax.train_lib.validate_train``
+task        ``ssldml_jax.task.validate``
+augment     ``ssldml_jax.augment.validate``
+mining,     the methods that read them (``ssldml_jax.methods``)
+loss, ...
+probe       ``ssldml_jax.eval.probe_config.validate``
+==========  =================================================
 """
 
 from __future__ import annotations
@@ -12,18 +31,24 @@ from ml_collections import config_dict
 # Stable dataset spelled as TFDS does: name/builder_config.
 DEFAULT_DATASET = "ecg_synth/default"
 TINY_DATASET = "ecg_synth/tiny"
+# What a pretraining always reads, whatever its method.
+SHARED_SECTIONS = ("seed", "data", "model", "optim", "train")
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every section but the probe's (``probe_config.add_probe_section``) and the main job's."""
+  from ssldml_jax import methods  # The registry adds each method's own section.
+
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "ssl_dml"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = DEFAULT_DATASET
   c.data.data_dir = config_dict.placeholder(str)  # None: $SSLDML_DATA_DIR or ~/ssldml_data.
-  c.data.train_split = "unlabeled"
-  c.data.eval_splits = ("validation", "test")
+  c.data.pretrain_split = "unlabeled"  # what self-supervised methods train on
+  c.data.train_split = "train"         # the labeled cohort: supervised training and probes
+  c.data.validation_split = "validation"
+  c.data.test_split = "test"
   c.data.sampling_rate = 250          # Hz the model sees; records are resampled if different.
   c.data.bandpass = config_dict.placeholder(tuple)  # e.g. (0.5, 40.0) Hz; None: off.
   c.data.per_device_batch_size = 64
@@ -43,21 +68,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embedding_dim = 128
   c.model.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay float32).
 
+  # Metric learning (ssl_dml_*, supervised_dml*): how triplets are mined.
   c.mining = ml_collections.ConfigDict()
-  c.mining.raw_distance = "dtw"       # dtw | euclidean (SSL-DML only)
   c.mining.dtw_window = config_dict.placeholder(int)  # Sakoe-Chiba band in samples; None: full.
   c.mining.decimate = 5               # mine on signals decimated by this factor (250 -> 50 Hz).
   c.mining.neg_topk = config_dict.placeholder(int)    # None: negative uniform over the others.
   c.mining.embedding_distance = "euclidean"  # euclidean | squared_euclidean | cosine
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "triplet"
+  c.loss.name = "triplet"             # metric loss of the DML methods: triplet | margin | angular
   c.loss.margin = 0.2
   c.loss.alpha = 3.0                  # supervised DML: alpha * metric loss + task loss.
   c.loss.temperature = 0.1            # SimCLR / CLOCS.
 
+  # The labeled target: mPCWP in mmHg, "elevated" above the threshold.
   c.task = ml_collections.ConfigDict()
-  c.task.target = "binary"            # binary (mPCWP > threshold) | regression (mPCWP)
   c.task.pcwp_threshold = 18.0
   # Regression targets are standardised as (mPCWP - mean) / std: a cath cohort's typical values,
   # fixed rather than estimated so that a run's loss scale does not depend on its data.
@@ -72,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0
   c.optim.grad_clip_norm = config_dict.placeholder(float)
 
-  # SimCLR / CLOCS view augmentations (ssldml_jax/augment.py); a zero turns one off.
+  # View augmentations of SimCLR and VICReg (ssldml_jax/augment.py); a zero turns one off.
   c.augment = ml_collections.ConfigDict()
   c.augment.noise_std = 0.05          # mV
   c.augment.scale_min = 0.8           # per-ECG gain, log-uniform in [scale_min, scale_max]
@@ -92,6 +117,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.parallel = "pmap"           # pmap | shard_map
   c.train.progress_bar = True
   c.train.eval_every_steps = config_dict.placeholder(int)  # validation loss; None: at the end only.
-  c.train.eval_batches = 8            # batches of the first eval split per evaluation.
+  c.train.eval_batches = 8            # batches of data.validation_split per evaluation.
   c.train.async_checkpoints = True    # write checkpoints in the background.
+
+  for name, section in methods.config_sections().items():
+    c[name] = section
   return c
+
+
+def apply_tiny(c: ml_collections.ConfigDict) -> None:
+  """A run that compiles and takes a few dozen steps on two CPU cores in well under a minute:
+  a narrow one-block-per-stage ResNet on 10 s ECGs at 50 Hz from ``ecg_synth/tiny``."""
+  c.data.name = TINY_DATASET
+  c.data.sampling_rate = 50
+  c.data.per_device_batch_size = 16   # Mining wants a batch; tests with 8 devices use 4.
+  c.data.eval_per_device_batch_size = 16
+  c.model.width = 8
+  c.model.stage_sizes = (1, 1, 1, 1)
+  c.model.stem_kernel = 7
+  c.model.kernel_size = 5
+  c.model.embedding_dim = 16
+  c.model.dropout = 0.1
+  c.optim.learning_rate = 1e-3
+  c.train.num_steps = 30
+  c.train.log_every_steps = 5
+  c.train.checkpoint_every_steps = 10
+  c.train.keep_checkpoints = 2
+  c.train.eval_batches = 2

@@ -3,14 +3,18 @@
 1. Builds ``config.data.name`` if it is missing, prints the cohort (ECGs, patients, mPCWP > 18
    prevalence, sex and age bands per split; also ``tables/cohort.*``) and draws one test ECG as
    a standard 12-lead page (``plots/example_ecg.png``).
-2. Pretrains every method of ``config.methods`` in ``pretrain/<method>/`` with its own
-   ``configs/<file>.py`` overlaid with this config's shared ``data`` (all but ``train_split``),
-   ``model``, ``optim``, ``train`` and ``seed``, then ``config.pretrain`` (method keys such as
-   ``mining.decimate``).
-3. Probes each encoder, and ``random`` (the same architecture, untrained), in ``probe/<method>/``.
+2. Pretrains every trainable method of ``config.methods`` (names of ``ssldml_jax.methods``) in
+   ``pretrain/<method>/``, each with its stage of this config (``methods.stage_config``: the
+   shared sections and the keys that method reads).
+3. Probes each encoder, and ``random`` (the same architecture, untrained), in ``probe/<method>/``
+   with the probe's stage of this config (``probe_config.probe_stage_config``).
 4. Writes ``tables/`` (classification, regression, subgroups, label fractions, subgroup tests;
    Markdown, CSV, LaTeX), ``predictions/<method>.csv`` and ``plots/`` (ROC/PR, calibration, PCA of
    the test embeddings per method), and prints the main table last.
+
+One config flows to every stage: an override given here reaches every stage that reads its key
+(each stage's ``config.json`` shows it), and an override that no stage of this job reads (e.g. a
+VICReg key when VICReg is not among ``config.methods``) stops the job with a one-line error.
 
 Every stage is skipped when its outputs exist: a finished pretraining (checkpoint at its last
 step), a finished probe (``probe_results.json``); an interrupted pretraining resumes from its
@@ -22,95 +26,81 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 import ml_collections
 import numpy as np
 
-from ssldml_jax import cli, parallel
+from ssldml_jax import cli, methods as methods_lib, parallel
 
-# Method key -> (configs/<file>.py, ':arg'); 'random' is the untrained baseline encoder.
-METHOD_CONFIGS = {
-    "ssl_dml_dtw": ("ssl_dml_dtw", ""),
-    "ssl_dml_euclidean": ("ssl_dml_euclidean", ""),
-    "supervised_dml": ("supervised_dml", "binary"),
-    "supervised_dml_regression": ("supervised_dml", "regression"),
-    "supervised": ("supervised", "binary"),
-    "supervised_regression": ("supervised", "regression"),
-    "simclr": ("simclr", ""),
-    "clocs_cmsc": ("clocs_cmsc", ""),
-}
-RANDOM = "random"
-METHODS = tuple(METHOD_CONFIGS) + (RANDOM,)
-LABELS = {
-    "ssl_dml_dtw": "SSL-DML (DTW)", "ssl_dml_euclidean": "SSL-DML (Euclidean)",
-    "supervised_dml": "Supervised DML", "supervised_dml_regression": "Supervised DML (regr.)",
-    "supervised": "Supervised", "supervised_regression": "Supervised (regr.)",
-    "simclr": "SimCLR", "clocs_cmsc": "CLOCS (CMSC)", RANDOM: "Random encoder",
-}
-# Sections of this config that every pretraining shares (the random encoder too).
-SHARED_SECTIONS = ("data", "model", "optim", "train")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Keys of the main job's own (no stage reads them).
+JOB_KEYS = ("methods", "example_ecg_split")
 
 
 # ------------------------------------------------------------------------------------- config
 
 
-def validate(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Checks the keys this job reads (the probe's and each pretraining's are checked later)."""
+def add_job_keys(c: ml_collections.ConfigDict, *, methods: Sequence[str]) -> None:
+  """The main job's own keys: the methods to run and the split of the example ECG."""
+  c.methods = tuple(methods)       # names of ssldml_jax.methods; 'random' is the untrained encoder
+  c.example_ecg_split = "test"     # the split whose first ECG is drawn as plots/example_ecg.png
+
+
+def stage_configs(config: ml_collections.ConfigDict, root: str,
+                  methods: Sequence[str]) -> dict[str, ml_collections.ConfigDict]:
+  """Every stage's config by stage name: ``pretrain/<m>`` and ``probe/<m>``."""
   from ssldml_jax.eval import probe_config
 
-  methods = config.methods
-  if isinstance(methods, str):
-    methods = (methods,)
-  methods = tuple(w.strip() for m in (methods or ()) for w in str(m).split(",") if w.strip())
-  bad = [m for m in methods if m not in METHODS]
-  if not methods or bad or len(set(methods)) != len(methods):
-    raise cli.ConfigError(f"config.methods={tuple(config.methods)!r} must be distinct names from "
-                          + ", ".join(repr(m) for m in METHODS))
-  config.methods = methods
-  cli.check_choice(config, "example_ecg_split", (config.probe.test_split,
-                                                 config.probe.validation_split,
-                                                 config.probe.train_split))
-  probe_config.validate(config)
-  return methods
+  out = {}
+  for name in methods:
+    method = methods_lib.get(name)
+    encoder_dir = None
+    if method.pretrains:
+      out[f"pretrain/{name}"] = methods_lib.stage_config(config, name)
+      encoder_dir = os.path.join(root, "pretrain", name)
+    out[f"probe/{name}"] = probe_config.probe_stage_config(config, name, encoder_dir)
+  return out
 
 
-def _merge(target: ml_collections.ConfigDict, source: ml_collections.ConfigDict,
-           where: str, skip: tuple = ()) -> None:
-  """Copies every key of ``source`` into ``target``; an unknown key is a config error."""
-  for key, value in source.items():
-    if key in skip:
-      continue
-    if key not in target:
-      raise cli.ConfigError(f"config.{where}.{key} is not a key of the method configs (they have "
-                            f"{', '.join(sorted(target.keys()))})")
-    if isinstance(value, ml_collections.ConfigDict):
-      _merge(target[key], value, f"{where}.{key}")
+def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    keys |= _leaf_keys(value, path + ".") if isinstance(value, ml_collections.ConfigDict) \
+        else {path}
+  return keys
+
+
+def check_overrides(overrides: Iterable[str], stages: dict[str, ml_collections.ConfigDict],
+                    methods: Sequence[str]) -> None:
+  """An override that no stage of this job reads is an error, never silently ignored."""
+  read = set(JOB_KEYS)
+  for stage in stages.values():
+    read |= _leaf_keys(stage)
+  for key in overrides:
+    if key not in read and not any(r.startswith(key + ".") for r in read):
+      raise cli.ConfigError(f"config.{key} is read by no stage of this job (methods: "
+                            f"{', '.join(methods)}); leave it out or add a method that reads it")
+
+
+def validate(config: ml_collections.ConfigDict, root: str = "",
+             overrides: Iterable[str] = ()) -> dict[str, ml_collections.ConfigDict]:
+  """Checks the job's keys and every stage's config; returns the stage configs."""
+  from ssldml_jax import train_lib
+  from ssldml_jax.eval import probe_config
+
+  methods = cli.check_words(config, "methods", methods_lib.names())
+  stages = stage_configs(config, root, methods)
+  check_overrides(overrides, stages, methods)
+  for name, stage in stages.items():
+    if name.startswith("pretrain/"):
+      train_lib.validate_config(stage)
     else:
-      target[key] = value
-
-
-def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-  """``configs/<file>.py[:arg]`` of ``method`` with this job's shared settings laid over it."""
-  name, arg = METHOD_CONFIGS[method]
-  path = os.path.join(CONFIG_DIR, f"{name}.py")
-  if not os.path.isfile(path):
-    raise cli.ConfigError(f"config.methods: {method!r} needs {path}, which is missing")
-  c = cli.load_config_file(path + (f":{arg}" if arg else ""))
-  c.seed = config.seed
-  for section in SHARED_SECTIONS:
-    _merge(c[section], config[section], section, skip=("train_split",) if section == "data" else ())
-  _merge(c, config.pretrain, "pretrain")
-  return c
-
-
-def probe_config_for(config: ml_collections.ConfigDict, method: str,
-                     encoder_workdir: Optional[str]) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.encoder_workdir = encoder_workdir
-  c.probe.name = method
-  return c
+      probe_config.validate(stage)
+  cli.check_choice(config, "example_ecg_split", (config.data.test_split,
+                                                 config.data.validation_split,
+                                                 config.data.train_split))
+  return stages
 
 
 # ------------------------------------------------------------------------------------- cohort
@@ -203,18 +193,22 @@ class _Clock:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The whole job (module docstring); returns the tables of the report by file stem."""
-  methods = validate(config)
+def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str] = ()) -> dict:
+  """The whole job (module docstring); returns the tables of the report by file stem.
+
+  ``overrides``: the dotted keys the user set (``cli.overrides()`` from the command line).
+  """
+  root = os.path.abspath(workdir)
+  stages = validate(config, root, overrides)  # every config error before any work
+  methods = config.methods
   import jax
 
-  from ssldml_jax import train_lib
+  from ssldml_jax import metrics_log, train_lib
   from ssldml_jax.data import build, plot_ecg
   from ssldml_jax.eval import probe_lib, tables
 
-  root = os.path.abspath(workdir)
   os.makedirs(root, exist_ok=True)
-  trained = [m for m in methods if m != RANDOM]
+  trained = [m for m in methods if f"pretrain/{m}" in stages]
   clock = _Clock(total=2 + len(trained) + len(methods) + 1)
 
   clock.banner(f"data: {config.data.name}")
@@ -240,24 +234,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                f"{config.example_ecg_split})")
   print(f"example ECG: {example_path}", flush=True)
 
-  method_configs = {m: method_config(config, m) for m in trained}  # all config errors up front
   for method in trained:
+    stage = stages[f"pretrain/{method}"]
     target = os.path.join(root, "pretrain", method)
-    clock.banner(f"pretrain {method} ({method_configs[method].train.num_steps or 'epochs'} steps)")
+    clock.banner(f"pretrain {method} ({stage.train.num_steps or 'epochs'} steps)")
     if pretrain_done(target):
       print(f"done earlier: {target}", flush=True)
       continue
-    train_lib.train_and_evaluate(method_configs[method], target)
+    train_lib.train_and_evaluate(stage, target)
 
   outcomes = []
   for method in methods:
     clock.banner(f"probe {method}")
-    encoder_dir = None if method == RANDOM else os.path.join(root, "pretrain", method)
-    outcomes.append(probe_lib.run_probe(probe_config_for(config, method, encoder_dir),
-                                        os.path.join(root, "probe", method), name=method))
+    target = os.path.join(root, "probe", method)
+    if chief:
+      os.makedirs(target, exist_ok=True)
+      metrics_log.write_config(target, stages[f"probe/{method}"])
+    outcomes.append(probe_lib.run_probe(stages[f"probe/{method}"], target, name=method))
 
   clock.banner("report")
-  made = probe_lib.write_report(outcomes, config, root, labels=LABELS)
+  labels = {m: methods_lib.get(m).label for m in methods}
+  made = probe_lib.write_report(outcomes, stages[f"probe/{methods[0]}"], root, labels=labels)
   print(f"tables, predictions and plots in {root}", flush=True)
   for stem in ("label_fractions_binary", "regression", "classification"):
     if stem in made:
@@ -275,7 +272,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   # Library INFO lines (TFDS, orbax) would bury the progress bars and the tables.
   logging.set_verbosity(logging.ERROR)
   try:
-    run(config, workdir)
+    run(config, workdir, cli.overrides())
   except (train_lib.NonFiniteError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -30,7 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from ssldml_jax import checkpoint, cli, distances, losses, metrics_log, models, parallel, steps
+from ssldml_jax import checkpoint, cli, methods, metrics_log, models, parallel, steps
 from ssldml_jax.data import pipeline
 
 
@@ -40,72 +40,60 @@ class NonFiniteError(RuntimeError):
 
 # --- Config -------------------------------------------------------------------------------------
 
-def _check_int(config: ml_collections.ConfigDict, key: str, low: int,
-               allow_none: bool = False) -> Optional[int]:
-  value = cli.get_path(config, key)
-  if value is None and allow_none:
-    return None
-  if not isinstance(value, int) or isinstance(value, bool) or value < low:
-    raise cli.ConfigError(f"config.{key}={value!r} must be an integer >= {low}"
-                          + (" or None" if allow_none else ""))
-  return value
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Every key the trainer reads, with the allowed values; raises ``cli.ConfigError``."""
-  method = cli.check_choice(config, "method", steps.METHODS)
-  cli.check_choice(config, "model.name", tuple(models.STAGE_SIZES))
-  cli.check_choice(config, "model.dtype", tuple(models.DTYPES))
-  cli.check_choice(config, "mining.raw_distance", ("dtw", "euclidean"))
-  cli.check_choice(config, "mining.embedding_distance", distances.NAMES)
-  _check_int(config, "mining.decimate", 1)
-  _check_int(config, "mining.dtw_window", 0, allow_none=True)
-  _check_int(config, "mining.neg_topk", 1, allow_none=True)
-  allowed_losses = {"ssl_dml": losses.TUPLE_LOSSES, "supervised_dml": losses.TUPLE_LOSSES,
-                    "simclr": ("ntxent",), "clocs_cmsc": ("cmsc",)}
-  if method in allowed_losses:
-    cli.check_choice(config, "loss.name", allowed_losses[method])
-  cli.check_range(config, "loss.margin", low=0.0)
-  cli.check_range(config, "loss.alpha", low=0.0)
-  if cli.check_range(config, "loss.temperature", low=0.0) == 0:
-    raise cli.ConfigError("config.loss.temperature=0 must be positive")
-  cli.check_choice(config, "task.target", ("binary", "regression"))
-  cli.check_range(config, "task.pcwp_threshold", low=0.0, high=70.0)
-  cli.check_range(config, "task.pcwp_mean", low=0.0, high=70.0)
-  if not cli.check_range(config, "task.pcwp_std", low=0.0) > 0:
-    raise cli.ConfigError("config.task.pcwp_std must be positive")
-  cli.check_choice(config, "optim.name", ("adam", "adamw", "sgd"))
-  cli.check_choice(config, "optim.schedule", ("constant", "cosine"))
-  if not cli.check_range(config, "optim.learning_rate", low=0.0) > 0:
-    raise cli.ConfigError("config.optim.learning_rate must be positive")
-  cli.check_range(config, "optim.weight_decay", low=0.0)
-  _check_int(config, "optim.warmup_steps", 0)
-  cli.check_range(config, "optim.grad_clip_norm", low=1e-12, allow_none=True)
-  for key in ("noise_std", "time_mask_fraction", "wander_mv", "lead_dropout"):
-    cli.check_range(config, f"augment.{key}", low=0.0, high=None if key in (
-        "noise_std", "wander_mv") else (0.999 if key == "lead_dropout" else 1.0))
-  low = cli.check_range(config, "augment.scale_min", low=1e-3)
-  cli.check_range(config, "augment.scale_max", low=low)
-  cli.check_range(config, "augment.wander_max_hz", low=0.05)
+def validate_train(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.train`` and ``config.seed``; raises ``cli.ConfigError``."""
+  cli.check_int(config, "seed", 0)
   cli.check_choice(config, "train.parallel", ("pmap", "shard_map"))
   if config.train.parallel == "shard_map" and jax.process_count() > 1:
     raise cli.ConfigError("config.train.parallel='shard_map' maps over this process's devices "
                           "only; use 'pmap' for multi-process runs")
-  if _check_int(config, "train.num_steps", 1, allow_none=True) is None:
-    _check_int(config, "train.num_epochs", 1)
+  cli.check_int(config, "train.num_steps", 1, allow_none=True)  # when set, overrides epochs
+  cli.check_int(config, "train.num_epochs", 1)
   for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "max_consecutive_nonfinite"):
-    _check_int(config, f"train.{key}", 1)
-  _check_int(config, "train.eval_every_steps", 1, allow_none=True)
-  _check_int(config, "train.eval_batches", 0)
-  _check_int(config, "seed", 0)
+    cli.check_int(config, f"train.{key}", 1)
+  cli.check_int(config, "train.eval_every_steps", 1, allow_none=True)
+  cli.check_int(config, "train.eval_batches", 0)
+  for key in ("progress_bar", "async_checkpoints"):
+    cli.check_choice(config, f"train.{key}", (True, False))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> methods.Method:
+  """Every key a pretraining reads, each section by its owner; returns the method."""
+  method = methods.get(cli.get_path(config, "method"))
+  if not method.pretrains:
+    raise cli.ConfigError(f"config.method={method.name!r} is not trained (the baseline row of "
+                          "the probe tables); choose one of "
+                          + ", ".join(repr(n) for n in methods.names(pretrained_only=True)))
+  pipeline.validate(config)
+  models.validate(config)
+  steps.validate_optim(config)
+  validate_train(config)
+  method.validate(config)
+  return method
+
+
+def train_split_key(config: ml_collections.ConfigDict) -> str:
+  """The ``config.data`` key of the split a method trains on: the labeled training split if it
+  uses labels, else the pretraining pool."""
+  return "train_split" if methods.get(config.method).uses_labels else "pretrain_split"
+
+
+def check_splits(config: ml_collections.ConfigDict, info: dict) -> None:
+  """The splits this run reads exist in the dataset; the error names the config key."""
+  keys = [train_split_key(config)] + (["validation_split"] if config.train.eval_batches else [])
+  for key in keys:
+    split = config.data[key]
+    if split not in info["splits"]:
+      raise cli.ConfigError(f"config.data.{key}={split!r} is not a split of {info['name']} "
+                            f"(has {', '.join(sorted(info['splits']))})")
 
 
 def num_train_steps(config: ml_collections.ConfigDict, info: dict) -> int:
   """``train.num_steps``, else ``num_epochs`` passes over the training split."""
   if config.train.num_steps is not None:
     return int(config.train.num_steps)
-  split = config.data.train_split
+  split = config.data[train_split_key(config)]
   per_epoch = pipeline.steps_per_epoch(info["splits"][split], config.data)
   return int(config.train.num_epochs) * max(per_epoch, 1)
 
@@ -133,9 +121,10 @@ def _map(fn: Callable, mode: str, donate: bool) -> Callable:
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
-# Config sections that change what a step computes. Keys elsewhere (logging, checkpoints, data
-# paths, step counts) do not, so runs that differ only there share one compiled program.
-_PROGRAM_SECTIONS = ("method", "model", "mining", "loss", "task", "optim", "augment")
+# Keys that change what a step computes, besides what the method reads. Keys elsewhere
+# (logging, checkpoints, data paths, step counts) do not, so runs that differ only there share one
+# compiled program.
+_PROGRAM_KEYS = ("method", "model", "optim", "data.sampling_rate", "train.parallel")
 
 
 class Program:
@@ -170,11 +159,9 @@ def _program(key_json: str, total_steps: int, num_devices: int) -> Program:
 def build_program(config: ml_collections.ConfigDict, total_steps: int) -> Program:
   """The program of a config, shared by runs in one process that differ only in keys that do
   not change the step (a resumed run in a test, the jobs of ``reproduce``): each compiles once."""
-  key = {name: config[name] for name in _PROGRAM_SECTIONS}
-  key["data"] = {"sampling_rate": config.data.sampling_rate}
-  key["train"] = {"parallel": config.train.parallel}
+  key = methods.project(config, _PROGRAM_KEYS + methods.get(config.method).reads)
   schedule_depends_on_total = config.optim.schedule == "cosine"
-  key_json = ml_collections.ConfigDict(key).to_json(sort_keys=True)
+  key_json = key.to_json(sort_keys=True)
   return _program(key_json, total_steps if schedule_depends_on_total else 0,
                   jax.local_device_count())
 
@@ -245,11 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``train.max_consecutive_nonfinite`` skipped steps in a row, and
   ``checkpoint.CheckpointError`` when the workdir's checkpoints are all unreadable.
   """
-  validate_config(config)
+  method = validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   info = pipeline.dataset_info(config.data)
+  check_splits(config, info)
   total = num_train_steps(config, info)
   global_batch = config.data.per_device_batch_size * jax.device_count()
   program = build_program(config, total)
@@ -261,8 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    async_save=config.train.async_checkpoints)
     cleanup.callback(ckpts.close)
     train_iter = pipeline.make_train_iterator(config.data, seed=config.seed,
-                                              split=config.data.train_split,
-                                              require_pcwp=steps.uses_labels(config.method))
+                                              split=config.data[train_split_key(config)],
+                                              require_pcwp=method.uses_labels)
     cleanup.callback(train_iter.close)
     start = 0
     restored = ckpts.restore_latest(_state_tree(state, run_key))
@@ -335,11 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_all(program: Program, p_state: Any, p_rng: jax.Array,
                  config: ml_collections.ConfigDict) -> dict:
-  """``eval/<split>/<metric>`` on the first of ``config.data.eval_splits`` (none if 0 batches)."""
-  splits = tuple(config.data.eval_splits or ())
-  if not splits or not config.train.eval_batches:
+  """``eval/<split>/<metric>`` on ``config.data.validation_split`` (none if 0 batches)."""
+  if not config.train.eval_batches:
     return {}
-  split = splits[0]
+  split = config.data.validation_split
   metrics = evaluate(program, p_state, p_rng, config, split, config.train.eval_batches)
   return {f"eval/{split}/{k}": v for k, v in metrics.items()}
 

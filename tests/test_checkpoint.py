@@ -129,9 +129,9 @@ def test_resumed_log_drops_the_killed_runs_later_steps(tmp_path):
 
 
 def test_config_json_round_trip(tmp_path):
-  from ssldml_jax import pretrain_configs
-  config = pretrain_configs.pretrain_config("supervised_dml", "tiny,regression")
+  from ssldml_jax import methods
+  config = methods.pretrain_config("supervised_dml_regression", "tiny")
   metrics_log.write_config(str(tmp_path), config)
   back = metrics_log.read_config(str(tmp_path))
-  assert back.task.target == "regression" and back.model.stage_sizes == (1, 1, 1, 1)
+  assert back.method == "supervised_dml_regression" and back.model.stage_sizes == (1, 1, 1, 1)
   assert json.loads(back.to_json()) == json.loads(config.to_json())

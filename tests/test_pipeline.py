@@ -168,7 +168,7 @@ def test_dataset_info(config, ecg_synth_tiny):
     ("bandpass", (0.5, 60.0), r"config.data.bandpass=.*\(Nyquist at 100 Hz\)"),
     ("per_device_batch_size", 0, "config.data.per_device_batch_size=0"),
     ("per_device_batch_size", 64, "512 exceeds the 115 training examples"),
-    ("train_split", "nope", "config.data.train_split='nope' is not a split"),
+    ("pretrain_split", "nope", "config.data.pretrain_split='nope' is not a split"),
     ("name", "ecg_synth/huge", "config.data.name='ecg_synth/huge': unknown config"),
 ])
 def test_config_errors_name_the_key(config, key, value, message):

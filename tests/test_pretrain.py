@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssldml_jax import augment, checkpoint, cli, metrics_log, parallel, steps, train_lib
+from ssldml_jax import augment, checkpoint, cli, methods, metrics_log, parallel, steps, train_lib
 from ssldml_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
   assert _falls(_losses(workdir)), _losses(workdir)
   assert "eval/validation/loss" in final and np.isfinite(final["eval/validation/loss"])
   assert os.listdir(os.path.join(workdir, metrics_log.TENSORBOARD_DIR))
-  assert metrics_log.read_config(workdir).mining.raw_distance == "euclidean"
+  assert metrics_log.read_config(workdir).method == "ssl_dml_euclidean"
   assert checkpoint.latest_readable_meta(workdir)["step"] == NUM_STEPS
 
   model, variables, loaded = train_lib.load_encoder(workdir)
@@ -117,10 +117,11 @@ def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
 
 @pytest.mark.parametrize("spec", ["configs/ssl_dml_dtw.py:tiny",
                                   "configs/supervised_dml.py:tiny",
-                                  "configs/supervised_dml.py:tiny,regression",
+                                  "configs/supervised_dml_regression.py:tiny",
                                   "configs/supervised.py:tiny",
                                   "configs/simclr.py:tiny",
-                                  "configs/clocs_cmsc.py:tiny"])
+                                  "configs/clocs_cmsc.py:tiny",
+                                  "configs/vicreg.py:tiny"])
 def test_loss_falls(spec, data_dir, tmp_path):
   config = _config(spec, **{"train.num_steps": 24, "train.checkpoint_every_steps": 24,
                             "train.eval_batches": 0})
@@ -128,9 +129,9 @@ def test_loss_falls(spec, data_dir, tmp_path):
   losses = _losses(str(tmp_path))
   assert len(losses) == 24 and all(np.isfinite(losses))
   assert _falls(losses), losses
-  if config.method == "ssl_dml":  # Every anchor of the global batch got a DTW-mined triplet.
+  if config.method == "ssl_dml_dtw":  # Every anchor of the global batch got a DTW-mined triplet.
     assert metrics_log.read_metrics(str(tmp_path))[-1]["valid_triplets"] == 1.0
-  if steps.uses_labels(config.method):
+  if methods.get(config.method).uses_labels:
     params = _final_state(str(tmp_path), config)[1]["train_state"]["params"]
     assert "head" in params  # The task head is in what the optimiser updates.
 
@@ -280,11 +281,18 @@ def test_repeated_nonfinite_stops_with_last_checkpoint_intact(ssl_config, tmp_pa
 
 
 def test_bad_config_names_the_key():
-  config = _config(SSL_SPEC, **{"mining.raw_distance": "manhattan"})
-  with pytest.raises(cli.ConfigError, match="config.mining.raw_distance='manhattan'"):
+  config = _config(SSL_SPEC, **{"mining.embedding_distance": "manhattan"})
+  with pytest.raises(cli.ConfigError, match="config.mining.embedding_distance='manhattan'"):
     train_lib.validate_config(config)
-  with pytest.raises(cli.ConfigError, match="config.loss.name='cmsc'"):
-    train_lib.validate_config(_config("configs/simclr.py:tiny", **{"loss.name": "cmsc"}))
+  with pytest.raises(cli.ConfigError, match="config.loss.name='ntxent' is not allowed"):
+    train_lib.validate_config(_config("configs/supervised_dml.py:tiny", **{"loss.name": "ntxent"}))
+  with pytest.raises(cli.ConfigError, match="config.vicreg.expander_dim=0 must be an integer"):
+    train_lib.validate_config(_config("configs/vicreg.py:tiny", **{"vicreg.expander_dim": 0}))
+  with pytest.raises(cli.ConfigError, match="unknown method 'byol'; the registered methods are "
+                                            "'random', .*'vicreg'"):
+    train_lib.validate_config(_config(SSL_SPEC, method="byol"))
+  with pytest.raises(cli.ConfigError, match="config.method='random' is not trained"):
+    train_lib.validate_config(_config(SSL_SPEC, method="random"))
   with pytest.raises(cli.ConfigError, match="unknown config argument"):
     cli.load_config_file(os.path.join(REPO, "configs/simclr.py:regression"))
 

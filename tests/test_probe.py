@@ -31,7 +31,7 @@ def planted():
 
 @pytest.fixture
 def config():
-  c = probe_config.add_probe_section(config_defaults.base_config())
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
   p = c.probe
   p.heads = ("linear", "mlp")
   p.fraction_heads = ("linear",)
@@ -118,7 +118,7 @@ def test_finetune_trains_a_copy_of_the_encoder_on_8_devices():
   import jax
   from ssldml_jax.eval import finetune
 
-  c = probe_config.add_probe_section(config_defaults.base_config())
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
   c.model.width, c.model.stage_sizes, c.model.embedding_dim = 4, (1,), 8
   c.model.stem_kernel, c.model.kernel_size = 5, 3
   encoder = embed.random_encoder(c, seed=0)

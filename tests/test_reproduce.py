@@ -70,7 +70,7 @@ def _check_embeddings(config, root):
   import jax
   from ssldml_jax import reproduce
   from ssldml_jax.data import build, records
-  from ssldml_jax.eval import embed
+  from ssldml_jax.eval import embed, probe_config
 
   assert jax.local_device_count() == 8
   builder = build.ensure_built(config.data.name)
@@ -81,7 +81,7 @@ def _check_embeddings(config, root):
   np.testing.assert_array_equal(saved["patient_id"], labels["patient_id"])
   np.testing.assert_allclose(saved["pcwp"], labels["pcwp"])
   assert saved["ecg_id"].dtype.kind == "U" and saved["embedding"].dtype == np.float32
-  encoder = embed.load_encoder(reproduce.probe_config_for(config, "random", None))
+  encoder = embed.load_encoder(probe_config.probe_stage_config(config, "random", None))
   assert saved["source"] == encoder.source
   source = builder.as_data_source("train")
   rate = builder.builder_config.sampling_rate

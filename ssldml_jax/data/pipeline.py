@@ -88,6 +88,36 @@ def _settings(data_config: ml_collections.ConfigDict, stored_rate: Optional[int]
           "num_workers": c.num_workers, "prefetch": c.prefetch}
 
 
+SPLIT_KEYS = ("pretrain_split", "train_split", "validation_split", "test_split")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.data``; raises ``cli.ConfigError`` naming the first bad key.
+
+  Split names are checked against the dataset when it is opened (``dataset_info``).
+  """
+  name = cli.get_path(config, "data.name")
+  if not isinstance(name, str) or not name:
+    raise cli.ConfigError(f"config.data.name={name!r} must be a dataset name such as "
+                          "'ecg_synth/default'")
+  data_dir = cli.get_path(config, "data.data_dir")
+  if data_dir is not None and not isinstance(data_dir, str):
+    raise cli.ConfigError(f"config.data.data_dir={data_dir!r} must be a directory or None")
+  for key in SPLIT_KEYS:
+    split = cli.get_path(config, f"data.{key}")
+    if not isinstance(split, str) or not split:
+      raise cli.ConfigError(f"config.data.{key}={split!r} must be a split name")
+  for key in ("per_device_batch_size", "eval_per_device_batch_size"):
+    cli.check_int(config, f"data.{key}", 1)
+  for key in ("num_workers", "prefetch"):
+    cli.check_int(config, f"data.{key}", 0)
+  for key in ("shuffle", "build_if_missing"):
+    cli.check_choice(config, f"data.{key}", (True, False))
+  cli.get_path(config, "data.sampling_rate")
+  cli.get_path(config, "data.bandpass")
+  _settings(config.data)
+
+
 def _worker_ready(num_workers: int) -> None:
   """grain's worker processes read absl flags; outside an absl program they hold their defaults."""
   if num_workers and not flags.FLAGS.is_parsed():
@@ -465,7 +495,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
                         require_pcwp: bool = False, num_devices: Optional[int] = None,
                         process_index: Optional[int] = None,
                         process_count: Optional[int] = None) -> Batches:
-  """Shuffled, drop-remainder training batches of ``split`` (``config.data.train_split``).
+  """Shuffled, drop-remainder training batches of ``split`` (``config.data.pretrain_split``).
 
   ``num_epochs=None`` repeats forever. ``require_pcwp`` keeps only records with a known mPCWP
   (the supervised methods: ``split='train'``). The returned iterator has ``get_state()`` /
@@ -474,8 +504,9 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   builder = load_builder(data_config)
   stored_rate, _ = _stored_format(builder)
   settings = _settings(data_config, stored_rate)
-  split = split or data_config.train_split
-  _check_split(builder, split, "config.data.train_split")
+  key = "split" if split else "config.data.pretrain_split"
+  split = split or data_config.pretrain_split
+  _check_split(builder, split, key)
   num_devices = num_devices or jax.local_device_count()
   index, count = _process(process_index, process_count)
 

@@ -1,15 +1,18 @@
 """The ``probe`` config section, shared by ``configs/{probe,quickstart,paper}.py``.
 
-Kept free of JAX, like ``pretrain_configs``, so that loading a config stays cheap. ``validate``
-checks every key the probe trainer reads and names the key in its one-line error.
+``validate`` checks every key the probe trainer reads and names the key in its one-line error.
+The probe reads, of the whole config, ``PROBE_KEYS``: its stage of the main job is that
+projection (``probe_stage_config``) plus the encoder it probes and the row name.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import ml_collections
 from ml_collections import config_dict
 
-from ssldml_jax import cli
+from ssldml_jax import cli, models, task
 
 TARGETS = ("binary", "regression")
 HEADS = ("linear", "mlp", "finetune")
@@ -17,16 +20,13 @@ HEADS = ("linear", "mlp", "finetune")
 DEFAULT_TEST_METRICS = {"binary": ("auroc",), "regression": ("rmse",)}
 
 
-def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Adds ``encoder_workdir``, ``export_splits`` and ``probe`` (paper settings) to a base config."""
-  c.encoder_workdir = config_dict.placeholder(str)  # None: a randomly initialised encoder.
-  c.export_splits = ""    # comma-separated splits to export as .npz (ssldml_jax.eval.embed)
+# What the probe reads of the main job's config (besides its own entry keys).
+PROBE_KEYS = ("seed", "data", "model", "task.pcwp_threshold", "probe")
 
+
+def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the ``probe`` section (paper settings) to a base config."""
   p = c.probe = ml_collections.ConfigDict()
-  p.name = ""                         # row label in the tables; "": the encoder workdir's name
-  p.train_split = "train"
-  p.validation_split = "validation"
-  p.test_split = "test"
   p.targets = TARGETS                 # binary: mPCWP > task.pcwp_threshold; regression: mPCWP
   p.heads = HEADS                     # linear (logistic / ridge), mlp, finetune
   p.primary_head = "linear"           # the head of the main, subgroup tables and predictions
@@ -64,6 +64,26 @@ def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return c
 
 
+def add_entry_keys(c: ml_collections.ConfigDict, *, name: str = "",
+                   encoder_workdir: Optional[str] = None) -> ml_collections.ConfigDict:
+  """The keys of one probe run: the encoder, the row name and the splits to export."""
+  with c.unlocked():
+    c.encoder_workdir = config_dict.placeholder(str)  # None: a randomly initialised encoder.
+    c.encoder_workdir = encoder_workdir
+    c.export_splits = ""    # comma-separated splits to export as .npz (ssldml_jax.eval.embed)
+    c.probe.name = name     # row label in the tables; "": the encoder workdir's name
+  return c
+
+
+def probe_stage_config(config: ml_collections.ConfigDict, name: str,
+                       encoder_workdir: Optional[str]) -> ml_collections.ConfigDict:
+  """The main job's probe of method ``name``: what the probe reads of ``config``."""
+  from ssldml_jax import methods
+
+  return add_entry_keys(methods.project(config, PROBE_KEYS), name=name,
+                        encoder_workdir=encoder_workdir)
+
+
 def apply_tiny_probe(c: ml_collections.ConfigDict) -> None:
   """A probe that finishes in seconds on ``ecg_synth/tiny`` (tests)."""
   p = c.probe
@@ -82,77 +102,54 @@ def apply_tiny_probe(c: ml_collections.ConfigDict) -> None:
   p.finetune.patience = 1
 
 
-def _check_int(c: ml_collections.ConfigDict, key: str, low: int, allow_none: bool = False) -> None:
-  value = cli.get_path(c, key)
-  if value is None and allow_none:
-    return
-  if not isinstance(value, int) or isinstance(value, bool) or value < low:
-    raise cli.ConfigError(f"config.{key}={value!r} must be an integer >= {low}"
-                          + (" or None" if allow_none else ""))
-
-
-def _check_subset(c: ml_collections.ConfigDict, key: str, allowed, nonempty: bool = True) -> tuple:
-  """Also accepts ``--config.probe.heads=linear,mlp`` (stored back as a tuple of words)."""
-  value = cli.get_path(c, key)
-  if isinstance(value, str):
-    value = (value,)
-  value = tuple(w.strip() for v in (value or ()) for w in str(v).split(",") if w.strip())
-  section, _, leaf = key.rpartition(".")
-  node = cli.get_path(c, section) if section else c
-  node[leaf] = value
-  bad = [v for v in value if v not in allowed]
-  if bad or (nonempty and not value) or len(set(value)) != len(value):
-    raise cli.ConfigError(f"config.{key}={value!r} must be a tuple of distinct values from "
-                          + ", ".join(repr(a) for a in allowed))
-  return value
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every probe key; raises ``cli.ConfigError`` naming the first bad one."""
-  from ssldml_jax.eval import metrics  # NumPy only; imported here to keep configs light.
+  from ssldml_jax.data import pipeline
+  from ssldml_jax.eval import metrics
 
-  p = c.probe
-  for key in ("train_split", "validation_split", "test_split"):
-    if not isinstance(p[key], str) or not p[key]:
-      raise cli.ConfigError(f"config.probe.{key}={p[key]!r} must be a split name")
-  _check_subset(c, "probe.targets", TARGETS)
-  heads = _check_subset(c, "probe.heads", HEADS)
+  pipeline.validate(c)
+  models.validate(c)
+  cli.check_int(c, "seed", 0)
+  task.validate_threshold(c)
+  cli.check_words(c, "probe.targets", TARGETS)
+  heads = cli.check_words(c, "probe.heads", HEADS)
   cli.check_choice(c, "probe.primary_head", heads)
-  _check_subset(c, "probe.fraction_heads", heads, nonempty=False)
-  fractions = tuple(p.fractions)
+  cli.check_words(c, "probe.fraction_heads", heads, nonempty=False)
+  fractions = tuple(cli.get_path(c, "probe.fractions"))
   if not fractions or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions) \
       or 1.0 not in fractions:
     raise cli.ConfigError(f"config.probe.fractions={fractions!r} must be numbers in (0, 1] that "
                           "include 1.0")
-  _check_int(c, "probe.limited_n", 1, allow_none=True)
-  seeds = tuple(p.seeds)
+  cli.check_int(c, "probe.limited_n", 1, allow_none=True)
+  seeds = tuple(cli.get_path(c, "probe.seeds"))
   if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or \
       len(set(seeds)) != len(seeds):
     raise cli.ConfigError(f"config.probe.seeds={seeds!r} must be distinct integers >= 0")
   cli.check_choice(c, "probe.threshold_criterion", ("f1", "youden"))
-  _check_int(c, "probe.n_bootstrap", 1)
-  _check_int(c, "probe.n_permutations", 1)
-  _check_subset(c, "probe.binary_test_metrics", metrics.CLASSIFICATION_METRICS, nonempty=False)
-  _check_subset(c, "probe.regression_test_metrics", metrics.REGRESSION_METRICS, nonempty=False)
-  cli.check_range(c, "task.pcwp_threshold", low=0.0, high=70.0)
+  cli.check_int(c, "probe.n_bootstrap", 1)
+  cli.check_int(c, "probe.n_permutations", 1)
+  cli.check_words(c, "probe.binary_test_metrics", metrics.CLASSIFICATION_METRICS,
+                  nonempty=False)
+  cli.check_words(c, "probe.regression_test_metrics", metrics.REGRESSION_METRICS, nonempty=False)
   for section in ("mlp", "finetune"):
-    for key in ("learning_rate",):
-      if not cli.check_range(c, f"probe.{section}.{key}", low=0.0) > 0:
-        raise cli.ConfigError(f"config.probe.{section}.{key} must be positive")
+    cli.check_range(c, f"probe.{section}.learning_rate", low=0.0, positive=True)
     cli.check_range(c, f"probe.{section}.weight_decay", low=0.0)
     for key in ("max_steps", "eval_every_steps", "patience"):
-      _check_int(c, f"probe.{section}.{key}", 1)
-  _check_int(c, "probe.mlp.hidden_dim", 1)
-  _check_int(c, "probe.mlp.batch_size", 1)
+      cli.check_int(c, f"probe.{section}.{key}", 1)
+  cli.check_int(c, "probe.mlp.hidden_dim", 1)
+  cli.check_int(c, "probe.mlp.batch_size", 1)
   cli.check_range(c, "probe.mlp.dropout", low=0.0, high=0.99)
-  _check_int(c, "probe.finetune.per_device_batch_size", 1)
-  ft_seeds = tuple(p.finetune.seeds)
+  cli.check_int(c, "probe.finetune.per_device_batch_size", 1)
+  ft_seeds = tuple(cli.get_path(c, "probe.finetune.seeds"))
   if not ft_seeds or not all(isinstance(s, int) and s >= 0 for s in ft_seeds):
     raise cli.ConfigError(f"config.probe.finetune.seeds={ft_seeds!r} must be integers >= 0")
-  if c.encoder_workdir is not None and not isinstance(c.encoder_workdir, str):
-    raise cli.ConfigError(f"config.encoder_workdir={c.encoder_workdir!r} must be a directory or "
+  encoder_workdir = cli.get_path(c, "encoder_workdir")
+  if encoder_workdir is not None and not isinstance(encoder_workdir, str):
+    raise cli.ConfigError(f"config.encoder_workdir={encoder_workdir!r} must be a directory or "
                           "None (a randomly initialised encoder)")
-  if not isinstance(c.export_splits, str):
+  if not isinstance(cli.get_path(c, "probe.name"), str):
+    raise cli.ConfigError(f"config.probe.name={c.probe.name!r} must be text (the row label)")
+  if not isinstance(cli.get_path(c, "export_splits"), str):
     raise cli.ConfigError(f"config.export_splits={c.export_splits!r} must be a comma-separated "
                           "string of split names, e.g. 'unlabeled,test'")
 

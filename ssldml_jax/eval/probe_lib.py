@@ -103,7 +103,7 @@ def _labeled(split: dict, name: str) -> dict:
     print(f"probe: {name}: {int((~known).sum())} ECG(s) without mPCWP left out (first "
           f"{first!r})", flush=True)
   if not known.any():
-    raise cli.ConfigError(f"config.probe.{name}_split: no ECG of that split has an mPCWP label")
+    raise cli.ConfigError(f"config.data.{name}_split: no ECG of that split has an mPCWP label")
   return {k: v[known] for k, v in split.items()}
 
 
@@ -450,12 +450,13 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str,
 
   available = pipeline.dataset_info(data_config)["splits"]
   p = config.probe
-  split_names = {"train": p.train_split, "validation": p.validation_split, "test": p.test_split}
+  d = config.data
+  split_names = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
   extra = [s for s in probe_config.split_list(config.export_splits) if s not in
            split_names.values()]
   for key, split in list(split_names.items()) + [("export_splits", s) for s in extra]:
     if split not in available:
-      where = "export_splits" if key == "export_splits" else f"probe.{key}_split"
+      where = "export_splits" if key == "export_splits" else f"data.{key}_split"
       raise cli.ConfigError(f"config.{where}={split!r} is not a split of {data_config.name} "
                             f"(has {', '.join(sorted(available))})")
   embed_fn = embed.make_embed_fn(encoder.module)
@@ -560,7 +561,7 @@ def write_report(outcomes: Sequence[ProbeOutcome], config: ml_collections.Config
     label = labels.get(o.name, o.name)
     if "y_score_binary" in pred:
       curves[label] = (pred["y_true_binary"][test].astype(bool), pred["y_score_binary"][test])
-    emb_path = o.embeddings_path(config.probe.test_split)
+    emb_path = o.embeddings_path(config.data.test_split)
     if os.path.isfile(emb_path):
       e = embed.load_npz(emb_path)
       known = np.isfinite(e["pcwp"])

@@ -22,7 +22,8 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # Every head takes it; the projection has neither dropout nor BatchNorm.
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32, name="hidden")(x)
     x = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=jnp.float32, name="out")(nn.relu(x))
     return x.astype(jnp.float32)
