@@ -62,16 +62,16 @@ def _settings(data_config: ml_collections.ConfigDict, stored_rate: Optional[int]
   with the stored rate, which ``sampling_rate=None`` stands for.
   """
   c = data_config
+  wrapped = ml_collections.ConfigDict({"data": c})
   for key, low in (("per_device_batch_size", 1), ("eval_per_device_batch_size", 1),
                    ("num_workers", 0), ("prefetch", 0)):
-    if not (isinstance(c[key], int) and not isinstance(c[key], bool) and c[key] >= low):
-      raise cli.ConfigError(f"config.data.{key}={c[key]!r} must be an integer >= {low}")
-  rate = c.sampling_rate
+    cli.check_int(wrapped, f"data.{key}", low)
+  rate = cli.get_path(wrapped, "data.sampling_rate")
   if rate is None:
     rate = stored_rate
   elif not (isinstance(rate, int) and rate >= 1):
     raise cli.ConfigError(f"config.data.sampling_rate={rate!r} must be a positive integer (Hz)")
-  band = c.bandpass
+  band = cli.get_path(wrapped, "data.bandpass")
   if band is not None:
     nyquist = math.inf if rate is None else rate / 2
     ok = (isinstance(band, (tuple, list)) and len(band) == 2
@@ -107,14 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     split = cli.get_path(config, f"data.{key}")
     if not isinstance(split, str) or not split:
       raise cli.ConfigError(f"config.data.{key}={split!r} must be a split name")
-  for key in ("per_device_batch_size", "eval_per_device_batch_size"):
-    cli.check_int(config, f"data.{key}", 1)
-  for key in ("num_workers", "prefetch"):
-    cli.check_int(config, f"data.{key}", 0)
   for key in ("shuffle", "build_if_missing"):
     cli.check_choice(config, f"data.{key}", (True, False))
-  cli.get_path(config, "data.sampling_rate")
-  cli.get_path(config, "data.bandpass")
   _settings(config.data)
 
 
