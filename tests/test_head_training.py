@@ -95,12 +95,13 @@ def test_host_copy_owns_its_memory_and_head_result():
   stopper = H.Stopper(True, 2)
   stopper.update(5, 0.6)
   stopper.update(10, 0.7)
-  y_val = np.array([0, 1, 1, 0, 1], bool)
-  val = np.array([0.1, 0.8, 0.4, 0.3, 0.9])
+  y_val = np.array([1, 0, 0, 1, 0, 1, 1, 1], bool)
+  val = np.array([0.45, 0.8, 0.23, 0.05, 0.4, 0.2, 0.09, 0.58])  # F1 and Youden's J disagree
   res = H.head_result("binary", y_val=y_val, val_scores=val, test_scores=None, stopper=stopper,
                       steps_run=10, best=({"p": 1}, {"s": 2}), final=({"p": 3}, {"s": 4}),
                       n_train=7, threshold_criterion="f1")
-  assert res.threshold == M.choose_threshold(y_val, val, "f1")
+  assert res.threshold == M.choose_threshold(y_val, val, "f1") != M.choose_threshold(y_val, val,
+                                                                                     "youden")
   assert (res.best_step, res.steps_run, res.n_train) == (10, 10, 7)
   assert res.history == ((5, 0.6), (10, 0.7))
   assert res.best_variables == {"params": {"p": 1}, "batch_stats": {"s": 2}}
