@@ -3,8 +3,9 @@
 Probes a pretrained encoder (``config.encoder_workdir``; leave it unset for a randomly initialised
 encoder of ``config.model``) on the labeled cohort: cached embeddings, logistic / ridge, MLP and
 fine-tuned heads at every label fraction and seed, patient-bootstrap CIs and subgroup tests
-(``ssldml_jax.eval.probe_lib``). Writes ``probe_results.json``, ``predictions.csv``,
-``embeddings/``, ``tables/`` and ``plots/`` in the workdir and prints the main tables.
+(``ssldml_jax.eval.probe_lib``, then ``ssldml_jax.eval.report``). Writes ``probe_results.json``,
+``predictions.csv``, ``embeddings/``, ``tables/`` and ``plots/`` in the workdir and prints the main
+tables.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from ssldml_jax import cli, parallel
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   from absl import logging
 
-  from ssldml_jax.eval import probe_lib, tables  # After flag parsing: errors stay one line.
+  # After flag parsing: errors stay one line.
+  from ssldml_jax.eval import probe_lib, report, tables
 
   logging.set_verbosity(logging.ERROR)  # TFDS / orbax INFO lines would bury the tables.
 
   outcome = probe_lib.run_probe(config, workdir)
-  made = probe_lib.write_report([outcome], config, workdir)
+  made = report.write_report([outcome], config, workdir)
   for stem in ("classification", "regression"):
     if stem in made:
       print("\n" + tables.to_markdown(made[stem]), flush=True)

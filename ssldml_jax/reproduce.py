@@ -29,7 +29,6 @@ import time
 from typing import Iterable, Optional, Sequence
 
 import ml_collections
-import numpy as np
 
 from ssldml_jax import cli, methods as methods_lib, parallel
 
@@ -103,71 +102,6 @@ def validate(config: ml_collections.ConfigDict, root: str = "",
   return stages
 
 
-# ------------------------------------------------------------------------------------- cohort
-
-
-def read_labels(builder, split: str, *, with_first_ecg: bool = False) -> dict:
-  """Ids, mPCWP, age and sex of every record of ``split`` (and its first ECG, in millivolts)."""
-  import tensorflow_datasets as tfds
-  from tensorflow_datasets.proto import tf_example_pb2
-
-  from ssldml_jax.data import records
-
-  source = builder.as_data_source(split,
-                                  deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  out = {"ecg_id": [], "patient_id": [], "pcwp": [], "age": [], "sex": []}
-  first = None
-  for i in range(len(source)):
-    feature = tf_example_pb2.Example.FromString(source[i]).features.feature
-    out["ecg_id"].append(feature["ecg_id"].bytes_list.value[0].decode("utf-8"))
-    out["patient_id"].append(feature["patient_id"].bytes_list.value[0].decode("utf-8"))
-    out["pcwp"].append(feature["pcwp"].float_list.value[0])
-    out["age"].append(feature["age"].float_list.value[0])
-    out["sex"].append(feature["sex"].int64_list.value[0])
-    if with_first_ecg and first is None:
-      shape = tuple(builder.info.features["ecg"].shape)
-      ecg = np.frombuffer(feature["ecg"].bytes_list.value[0], np.int16).reshape(shape)
-      first = {"ecg_mv": records.int16_uv_to_mv(ecg),
-               "ecg_id": feature["ecg_id"].bytes_list.value[0].decode("utf-8"),
-               "rate": int(feature["sampling_rate"].int64_list.value[0])}
-  arrays = {k: np.asarray(v) for k, v in out.items()}
-  arrays["first"] = first
-  return arrays
-
-
-def cohort_table(builder, threshold: float, example_split: str):
-  """(table of the cohort per split, the example ECG)."""
-  from ssldml_jax.eval import subgroups, tables
-
-  header = ("Split", "ECGs", "Patients", "mPCWP known", "mPCWP mean (SD)",
-            f"mPCWP > {threshold:g}", "Female", "Male", "Sex unknown") + tuple(
-                b[2] for b in subgroups.AGE_BANDS) + ("Age <18 / unknown",)
-  body, example = [], None
-  for split in builder.info.splits:
-    labels = read_labels(builder, split, with_first_ecg=split == example_split)
-    if split == example_split:
-      example = labels["first"]
-    n = len(labels["pcwp"])
-    pcwp = labels["pcwp"]
-    known = np.isfinite(pcwp)
-    sex = subgroups.sex_groups(labels["sex"]) if n else np.array([], str)
-    age = subgroups.age_bands(labels["age"]) if n else np.array([], str)
-    if known.any():
-      stats = f"{pcwp[known].mean():.1f} ({pcwp[known].std():.1f})"
-      above = pcwp[known] > threshold
-      high = f"{int(above.sum())} ({100 * above.mean():.1f}%)"
-    else:
-      stats = high = "-"
-    body.append((split, str(n), str(len(np.unique(labels["patient_id"]))), str(int(known.sum())),
-                 stats, high) + tuple(str(int((sex == g).sum())) for g in
-                                      ("female", "male", subgroups.UNKNOWN)) +
-                tuple(str(int((age == b[2]).sum())) for b in subgroups.AGE_BANDS) +
-                (f"{int((age == subgroups.AGE_UNDER_18).sum())} / "
-                 f"{int((age == subgroups.UNKNOWN).sum())}",))
-  return tables.Table(header=header, body=tuple(body),
-                      caption=f"Cohort: {builder.info.full_name} (ECGs per group)"), example
-
-
 # ------------------------------------------------------------------------------------- stages
 
 
@@ -205,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
 
   from ssldml_jax import metrics_log, train_lib
   from ssldml_jax.data import build, plot_ecg
-  from ssldml_jax.eval import probe_lib, tables
+  from ssldml_jax.eval import cohort_table, probe_lib, report, tables
 
   os.makedirs(root, exist_ok=True)
   trained = [m for m in methods if f"pretrain/{m}" in stages]
@@ -220,8 +154,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   print(f"data in {builder.data_dir}", flush=True)
 
   clock.banner("cohort")
-  table, example = cohort_table(builder, float(config.task.pcwp_threshold),
-                                config.example_ecg_split)
+  table, example = cohort_table.build(builder, float(config.task.pcwp_threshold),
+                                      config.example_ecg_split)
   chief = jax.process_index() == 0
   if chief:
     tables.write_table(table, os.path.join(root, "tables", "cohort"))
@@ -254,7 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
 
   clock.banner("report")
   labels = {m: methods_lib.get(m).label for m in methods}
-  made = probe_lib.write_report(outcomes, stages[f"probe/{methods[0]}"], root, labels=labels)
+  made = report.write_report(outcomes, stages[f"probe/{methods[0]}"], root, labels=labels)
   print(f"tables, predictions and plots in {root}", flush=True)
   for stem in ("label_fractions_binary", "regression", "classification"):
     if stem in made:

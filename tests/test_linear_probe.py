@@ -1,6 +1,4 @@
-"""Linear probes recover planted signals; label-fraction subsets are patient-level and nested."""
-
-import math
+"""Linear probes recover planted signals and reject bad input."""
 
 import numpy as np
 import pytest
@@ -72,32 +70,3 @@ def test_probe_rejects_bad_input(planted_binary):
   bad[5, 2] = np.nan
   with pytest.raises(ValueError, match="x_val: 1 embedding.* first at row 5"):
     L.logistic_probe(xt, yt, bad, yv)
-
-
-def _patients(rng, num=200):
-  return np.repeat(rng.permutation(np.arange(1000, 1000 + num)), rng.integers(1, 8, num))
-
-
-def test_label_fractions_patient_level_nested_deterministic():
-  rng = np.random.default_rng(2)
-  pid = rng.permutation(_patients(rng))
-  subsets = L.label_fraction_subsets(pid, limited_n=300, seed=4)
-  assert list(subsets) == ["1%", "10%", "100%", "n=300"]
-  num = np.unique(pid).size
-  for name, f in (("1%", 0.01), ("10%", 0.1), ("100%", 1.0)):
-    chosen = np.unique(pid[subsets[name]])
-    assert chosen.size == math.ceil(f * num)
-    assert np.isin(pid, chosen).sum() == subsets[name].size  # all ECGs of chosen patients
-  assert set(subsets["1%"]) < set(subsets["10%"]) < set(subsets["100%"])
-  assert subsets["100%"].size == pid.size
-  limited = subsets["n=300"]
-  assert limited.size == 300 and np.unique(limited).size == 300
-  partial = [p for p in np.unique(pid[limited]) if np.sum(pid[limited] == p) < np.sum(pid == p)]
-  assert len(partial) <= 1
-  assert set(subsets["10%"]) <= set(limited) or set(limited) <= set(subsets["10%"])
-  again = L.label_fraction_subsets(pid, limited_n=300, seed=4)
-  other = L.label_fraction_subsets(pid, limited_n=300, seed=5)
-  assert all(np.array_equal(subsets[k], again[k]) for k in subsets)
-  assert not np.array_equal(subsets["10%"], other["10%"])
-  with pytest.raises(ValueError, match="limited n=5000 .* has"):
-    L.label_fraction_subsets(pid, limited_n=5000)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssldml_jax import cli, config_defaults
-from ssldml_jax.data import pipeline, records
+from ssldml_jax.data import pipeline, reader, records
 
 DEVICES = 8
 PER_DEVICE = 4
@@ -128,6 +128,18 @@ def test_eval_is_repeatable(config):
   batches = pipeline.make_eval_iterator(config, "test")
   first = [list(b["ecg_id"].ravel()) for b in batches]
   assert first == [list(b["ecg_id"].ravel()) for b in batches]
+
+
+def test_read_split_holds_every_ecg_once_in_record_order(config, ecg_synth_tiny):
+  got = pipeline.read_split(config, "validation")  # 39 ECGs: the second batch of 32 is padded
+  labels = reader.read_labels(ecg_synth_tiny, "validation")
+  assert got["ecg_id"].tolist() == labels["ecg_id"].tolist()
+  for key in ("patient_id", "pcwp", "age", "sex"):
+    np.testing.assert_array_equal(got[key], labels[key])
+  source = ecg_synth_tiny.as_data_source("validation")
+  want = np.stack([records.int16_uv_to_mv(source[i]["ecg"]) for i in range(len(source))])
+  assert got["ecg"].dtype == np.float32
+  np.testing.assert_array_equal(got["ecg"], want)
 
 
 def test_resample_and_bandpass(config, stored):

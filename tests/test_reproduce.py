@@ -19,10 +19,9 @@ QUICKSTART_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 
 
 def _labels(config, split):
-  from ssldml_jax import reproduce
-  from ssldml_jax.data import build
+  from ssldml_jax.data import build, reader
 
-  return reproduce.read_labels(build.ensure_built(config.data.name), split)
+  return reader.read_labels(build.ensure_built(config.data.name), split)
 
 
 def _check_tables(config, root):
@@ -69,12 +68,12 @@ def _check_embeddings(config, root):
   """Every train ECG embedded exactly once on 8 devices, rows matching a direct forward pass."""
   import jax
   from ssldml_jax import reproduce
-  from ssldml_jax.data import build, records
+  from ssldml_jax.data import build, reader, records
   from ssldml_jax.eval import embed, probe_config
 
   assert jax.local_device_count() == 8
   builder = build.ensure_built(config.data.name)
-  labels = reproduce.read_labels(builder, "train")
+  labels = reader.read_labels(builder, "train")
   assert len(labels["ecg_id"]) % (8 * config.data.eval_per_device_batch_size) != 0  # padded
   saved = embed.load_npz(os.path.join(root, "probe", "random", "embeddings", "train.npz"))
   np.testing.assert_array_equal(saved["ecg_id"], labels["ecg_id"])  # all, once, in record order

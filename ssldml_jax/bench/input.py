@@ -45,7 +45,7 @@ def data_config(name: str, data_dir: str, *, batch: int,
                 rate: Optional[int]) -> ml_collections.ConfigDict:
   """``config.data`` as a training run would have it, with this benchmark's dataset and batch."""
   c = config_defaults.base_config().data
-  c.name, c.data_dir, c.train_split = name, data_dir, SPLIT
+  c.name, c.data_dir, c.pretrain_split = name, data_dir, SPLIT
   c.per_device_batch_size = batch
   c.sampling_rate = rate
   c.build_if_missing = False

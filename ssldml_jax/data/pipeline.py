@@ -20,6 +20,9 @@ takes a contiguous slice, the last batch is padded to full shape and ``mask`` ma
 and every process yields the same number of batches (extra ones fully masked) so that collective
 steps stay in lockstep.
 
+``read_split`` holds a whole (small, labeled) split in host memory: the evaluation batches of one
+process, unpadded. Records are decoded by ``reader.Records``, shared with every other reader.
+
 Batch dict: ``ecg`` float32, ``pcwp`` / ``age`` float32 (NaN unknown), ``sex`` int32 (-1 unknown),
 ``mask`` bool (all True in training), ``ecg_id`` / ``patient_id`` numpy str arrays (host only: drop
 them before ``jax.device_put``), every array with the leading ``[devices, per_device]`` axes.
@@ -27,7 +30,6 @@ them before ``jax.device_put``), every array with the leading ``[devices, per_de
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import queue
@@ -40,10 +42,9 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.proto import tf_example_pb2
 
 from ssldml_jax import cli
-from ssldml_jax.data import build, records
+from ssldml_jax.data import build, reader, records
 
 HOST_ONLY_KEYS = ("ecg_id", "patient_id")
 _LABEL_KEYS = ("pcwp", "age", "sex")
@@ -178,68 +179,7 @@ def steps_per_epoch(num_examples: int, data_config: ml_collections.ConfigDict, *
   return (num_examples // process_count) // (num_devices * data_config.per_device_batch_size)
 
 
-# --- Records and transforms ---------------------------------------------------------------------
-
-class _Records:
-  """A split's records, decoded, optionally a subset of their indices, with a path-free repr.
-
-  grain stores ``repr(source)`` in the iterator state and checks it on restore, so the repr names
-  the dataset and subset but not the directory: a checkpoint survives moving the data.
-  """
-
-  def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
-               indices: Optional[np.ndarray] = None, subset: str = "all"):
-    self._name, self._split = builder.info.full_name, split
-    self._indices, self._subset = indices, subset
-    ecg = builder.info.features["ecg"]
-    if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
-      self._source = builder.as_data_source(
-          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-      self._decode = functools.partial(_parse_example, shape=tuple(ecg.shape))
-    else:  # A dataset written by another tool: TFDS's generic (slower) decoder.
-      self._source = builder.as_data_source(split)
-      self._decode = _from_tfds
-    self._builder = builder
-
-  def subset(self, indices: np.ndarray, name: str) -> "_Records":
-    return _Records(self._builder, self._split, indices, name)
-
-  def __len__(self) -> int:
-    return len(self._source) if self._indices is None else len(self._indices)
-
-  def __getitem__(self, index: int) -> dict:
-    if self._indices is not None:
-      index = int(self._indices[index])
-    return self._decode(self._source[index])
-
-  def __repr__(self) -> str:
-    return f"Records({self._name}, split={self._split}, subset={self._subset}, n={len(self)})"
-
-
-def _parse_example(raw: bytes, shape: tuple[int, int]) -> dict:
-  """Decodes one stored ``tf.train.Example`` of ``tfds_common.ecg_features``.
-
-  About twice as fast as TFDS's generic NumPy decoder, which matters at thousands of ECGs per
-  second on a small host; the tests check that both decoders agree.
-  """
-  feature = tf_example_pb2.Example.FromString(raw).features.feature
-  return {
-      "ecg": np.frombuffer(feature["ecg"].bytes_list.value[0], np.int16).reshape(shape),
-      "ecg_id": feature["ecg_id"].bytes_list.value[0].decode("utf-8"),
-      "patient_id": feature["patient_id"].bytes_list.value[0].decode("utf-8"),
-      "pcwp": np.float32(feature["pcwp"].float_list.value[0]),
-      "age": np.float32(feature["age"].float_list.value[0]),
-      "sex": np.int32(feature["sex"].int64_list.value[0]),
-      "sampling_rate": int(feature["sampling_rate"].int64_list.value[0]),
-  }
-
-
-def _from_tfds(record: dict) -> dict:
-  return {"ecg": record["ecg"], "ecg_id": _text(record["ecg_id"]),
-          "patient_id": _text(record["patient_id"]), "pcwp": np.float32(record["pcwp"]),
-          "age": np.float32(record["age"]), "sex": np.int32(record["sex"]),
-          "sampling_rate": int(record["sampling_rate"])}
-
+# --- Transforms ---------------------------------------------------------------------------------
 
 class _ToExample(grain.transforms.Map):
   """Checks a decoded record's rate and keeps the fields a batch carries."""
@@ -252,10 +192,6 @@ class _ToExample(grain.transforms.Map):
       raise ValueError(f"record {record['ecg_id']}: sampling rate {record['sampling_rate']} Hz, "
                        f"but the dataset's is {self._rate} Hz")
     return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
-
-
-def _text(value: Any) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class _ToDeviceBatch(grain.transforms.Map):
@@ -322,8 +258,8 @@ class _LocalBatches:
   that grain's worker processes, which take items in turn, hand the batches back in order.
   """
 
-  def __init__(self, records: _Records, to_example: "_ToExample", *, shuffle: bool, seed: int,
-               start: int, global_batch: int, local_batch: int, process_index: int,
+  def __init__(self, records: reader.Records, to_example: "_ToExample", *, shuffle: bool,
+               seed: int, start: int, global_batch: int, local_batch: int, process_index: int,
                num_batches: int):
     self._records, self._to_example = records, to_example
     order = grain.MapDataset.range(len(records))
@@ -504,7 +440,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   num_devices = num_devices or jax.local_device_count()
   index, count = _process(process_index, process_count)
 
-  source = _Records(builder, split)
+  source = reader.Records(builder, split)
   if require_pcwp:
     source = source.subset(_known_pcwp(source), "known_pcwp")
   local_batch = num_devices * settings["per_device"]
@@ -564,7 +500,8 @@ class EvalBatches:
     self._batch_size = num_devices * settings["eval_per_device"]
     largest = math.ceil(total / process_count)
     self._num_batches = math.ceil(largest / self._batch_size)
-    self._source = _Records(builder, split, mine, f"process{process_index}of{process_count}")
+    self._source = reader.Records(builder, split, mine,
+                                  f"process{process_index}of{process_count}")
 
   def __len__(self) -> int:
     return self._num_batches
@@ -606,6 +543,28 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *,
   return EvalBatches(builder, split, _settings(data_config, stored_rate),
                      num_devices=num_devices or jax.local_device_count(), process_index=index,
                      process_count=count)
+
+
+def read_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+  """Every ECG of ``split`` in host memory, in record order, as the model sees it (the evaluation
+  batches unpadded): ``ecg`` (n, T, 12) float32 and the label fields of ``reader.LABEL_FIELDS``.
+
+  For the small labeled splits (thousands of ECGs); this process reads the whole split, whatever
+  the process count.
+  """
+  batches = make_eval_iterator(data_config, split, process_index=0, process_count=1)
+  parts: dict[str, list] = {k: [] for k in ("ecg", "mask") + reader.LABEL_FIELDS}
+  for batch in batches:
+    for key in parts:
+      value = np.asarray(batch[key])
+      parts[key].append(value.reshape((-1,) + value.shape[2:]))
+  arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  keep = arrays.pop("mask").astype(bool)
+  out = {k: v[keep] for k, v in arrays.items()}
+  if len(out["ecg_id"]) != batches.num_examples:
+    raise RuntimeError(f"split {split!r} of {data_config.name}: read {len(out['ecg_id'])} ECGs, "
+                       f"the split has {batches.num_examples}")
+  return out
 
 
 def device_arrays(batch: dict) -> dict:

@@ -1,10 +1,20 @@
-"""Evaluation on NumPy arrays (embeddings, labels, predictions, patient ids, age, sex).
+"""Evaluation: probes of frozen encoders and the statistics of the paper's tables.
+
+On NumPy arrays (embeddings, labels, predictions, patient ids, age, sex):
 
 - ``metrics``: AUROC, AUPRC, thresholded F1/accuracy/sensitivity/specificity, RMSE, MAE,
   Pearson r (batched over weight rows), curves, recall@k and NMI of embeddings.
 - ``bootstrap``: patient-level percentile CIs.
 - ``subgroups``: sex and age bands, per-group CIs, patient-level permutation tests.
-- ``linear_probe``: logistic / ridge probes with validation-tuned L2, label-fraction subsets.
-- ``tables``: Markdown, CSV and LaTeX result tables.
+- ``targets``: a split's labels for each probe target, and the metrics of each.
+- ``subsets``: rows with known labels, patient-level label-fraction subsets.
+- ``linear_probe``: logistic / ridge probes with validation-tuned L2.
+- ``estimates``: table cells of a probe (seed means, bootstrap, subgroup tests).
+- ``tables``: Markdown, CSV and LaTeX result tables; ``cohort_table``: the cohort per split.
 - ``plots``: ROC/PR, calibration and embedding-projection figures (imports matplotlib).
+
+With JAX: ``embed`` (cached frozen-encoder embeddings), ``head_training`` (what the trained heads
+share), ``mlp_probe``, ``finetune``; a probe run: ``fitting`` (every head, target, subset and
+seed), ``probe_files`` (``probe_results.json``, ``predictions.csv``), ``probe_lib``
+(``run_probe``: one encoder end to end) and ``report`` (tables and plots over many probes).
 """

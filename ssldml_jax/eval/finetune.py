@@ -4,13 +4,14 @@ The encoder starts from the frozen encoder's weights (or a random one, for the b
 the head from a seeded initialisation; both are trained together under ``pmap`` over the local
 devices with BatchNorm statistics averaged over the ``parallel.AXIS`` axis (so every device
 normalises with the global batch and keeps the same running averages) and gradients averaged
-with ``parallel.pmean``. Targets and early stopping follow ``mlp_probe``: BCE or MSE on the
-standardised mPCWP, validation AUROC / RMSE after every ``eval_every_steps`` steps, the best
-parameters copied to host memory when they are found, and a non-finite step skipped.
+with ``parallel.pmean``. Targets and early stopping follow ``head_training``, as in ``mlp_probe``:
+BCE or MSE on the standardised mPCWP, validation AUROC / RMSE after every ``eval_every_steps``
+steps, the best parameters copied to host memory when they are found, and a non-finite step
+skipped.
 
 The labeled splits are small (thousands of ECGs), so they are read once into host memory
-(``load_split``, every ECG exactly once, in the pipeline's order) and minibatches of any label
-fraction are drawn from there. Meant for a GPU/TPU; on a CPU only tiny models finish in time.
+(``pipeline.read_split``, every ECG exactly once, in the pipeline's order) and minibatches of any
+label fraction are drawn from there. Meant for a GPU/TPU; on a CPU only tiny models finish in time.
 """
 
 from __future__ import annotations
@@ -27,12 +28,7 @@ import numpy as np
 import optax
 
 from ssldml_jax import cli, models, parallel
-from ssldml_jax.eval import embed, metrics as metrics_lib
-from ssldml_jax.eval.mlp_probe import (HeadResult, Stopper, check_targets, host_copy,
-                                       index_stream, take_indices, task_loss,
-                                       validation_criterion)
-
-LABEL_FIELDS = ("ecg_id", "patient_id", "pcwp", "age", "sex")
+from ssldml_jax.eval import embed, head_training, metrics as metrics_lib, targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,29 +44,6 @@ class FinetuneSettings:
   def from_config(cls, c: ml_collections.ConfigDict) -> "FinetuneSettings":
     """From ``config.probe.finetune`` (its ``seeds`` are the caller's business)."""
     return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
-
-
-def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
-  """``ecg`` (n, T, 12) float32 and the label fields of every ECG of ``split``, read once."""
-  from ssldml_jax.data import pipeline
-
-  if jax.process_count() > 1:
-    raise cli.ConfigError("config.probe.heads: 'finetune' runs in a single process (each host "
-                          "would hold only its slice of the labeled cohort); run the probe on one "
-                          "host, or leave 'finetune' out")
-  parts: dict[str, list] = {k: [] for k in ("ecg", "mask") + LABEL_FIELDS}
-  for batch in pipeline.make_eval_iterator(data_config, split):
-    for key in parts:
-      value = np.asarray(batch[key])
-      parts[key].append(value.reshape((-1,) + value.shape[2:]))
-  arrays = {k: np.concatenate(v) for k, v in parts.items()}
-  keep = arrays.pop("mask").astype(bool)
-  out = {k: v[keep] for k, v in arrays.items()}
-  expected = pipeline.dataset_info(data_config)["splits"][split]
-  if len(out["ecg_id"]) != expected:
-    raise RuntimeError(f"split {split!r} of {data_config.name}: read {len(out['ecg_id'])} ECGs, "
-                       f"the split has {expected}")
-  return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,7 +73,7 @@ def _compiled(model_json: str, task: str, learning_rate: float, weight_decay: fl
 
     def loss_fn(p):
       out, new_stats = forward(p, stats, x, key, True)
-      return task_loss(task, out, y), new_stats
+      return head_training.task_loss(task, out, y), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = parallel.pmean(grads)
@@ -141,26 +114,29 @@ def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> 
   return np.concatenate(out).astype(np.float64)
 
 
+def require_single_process() -> None:
+  """Fine-tuning feeds every local device from one host's copy of the labeled splits."""
+  if jax.process_count() > 1:
+    raise cli.ConfigError("config.probe.heads: 'finetune' runs in a single process (each host "
+                          "would hold only its slice of the labeled cohort); run the probe on one "
+                          "host, or leave 'finetune' out")
+
+
 def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict] = None, *,
              task: str, seed: int = 0, settings: FinetuneSettings = FinetuneSettings(),
-             pcwp_threshold: float = 18.0, threshold_criterion: str = "f1") -> HeadResult:
-  """Fine-tunes encoder + head on ``train`` (``load_split`` arrays, possibly a subset)."""
-  if task not in ("binary", "regression"):
-    raise ValueError(f"task={task!r} is not allowed; choose 'binary' or 'regression'")
+             pcwp_threshold: float = 18.0,
+             threshold_criterion: str = "f1") -> head_training.HeadResult:
+  """Fine-tunes encoder + head on ``train`` (``pipeline.read_split`` arrays, possibly a subset);
+  the labels of ``task`` (a probe target) come from ``targets.values``."""
+  head_training.check_task(task)
 
-  def target(split: dict, name: str) -> np.ndarray:
+  def labels(split: dict, name: str) -> np.ndarray:
     pcwp = metrics_lib.check_scores(f"{name} pcwp", split["pcwp"])
-    return check_targets(task, name, pcwp > pcwp_threshold if task == "binary" else pcwp,
-                         pcwp.size)
+    return head_training.check_targets(task, name, targets.values(split, task, pcwp_threshold),
+                                       pcwp.size)
 
-  y_train, y_val = target(train, "train"), target(val, "validation")
-  if task == "binary":
-    t_train = y_train.astype(np.float32)
-    to_score = lambda out: 1.0 / (1.0 + np.exp(-out))  # noqa: E731
-  else:
-    mean, scale = float(y_train.mean()), float(y_train.std()) or 1.0
-    t_train = ((y_train - mean) / scale).astype(np.float32)
-    to_score = lambda out: out * scale + mean  # noqa: E731
+  y_train, y_val = labels(train, "train"), labels(val, "validation")
+  t_train, to_score = head_training.loss_targets(task, y_train)
 
   s = settings
   model_json = encoder.model_config.to_json(sort_keys=True)
@@ -171,19 +147,21 @@ def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict
   head_vars = init_head(head_key, jnp.zeros((2, encoder.model_config.embedding_dim)))
   params = {"encoder": encoder.variables["params"], "head": head_vars["params"]}
   stats = {"encoder": encoder.variables.get("batch_stats", {}), "head": head_vars["batch_stats"]}
-  params, stats = host_copy((params, stats))  # never train on the frozen encoder's own arrays
+  # Never train on the frozen encoder's own arrays.
+  params, stats = head_training.host_copy((params, stats))
   opt_state = tx.init(params)
-  p_params, p_stats, p_opt = (parallel.replicate(t) for t in (params, stats, host_copy(opt_state)))
+  p_params, p_stats, p_opt = (parallel.replicate(t) for t in
+                              (params, stats, head_training.host_copy(opt_state)))
 
   n_dev = jax.local_device_count()
-  stream = index_stream(train["ecg"].shape[0], seed)
-  stopper = Stopper(higher_is_better=task == "binary", patience=s.patience)
-  best = host_copy(parallel.unreplicate((p_params, p_stats)))
+  stream = head_training.index_stream(train["ecg"].shape[0], seed)
+  stopper = head_training.Stopper(higher_is_better=task == "binary", patience=s.patience)
+  best = head_training.host_copy(parallel.unreplicate((p_params, p_stats)))
   step, skipped = 0, 0
   sharding = parallel.device_sharding()
   while step < s.max_steps and not stopper.done:
     for _ in range(s.eval_every_steps):
-      idx = take_indices(stream, (n_dev, s.per_device_batch_size))
+      idx = head_training.take_indices(stream, (n_dev, s.per_device_batch_size))
       x = jax.device_put(train["ecg"][idx], sharding)
       y = jax.device_put(t_train[idx], sharding)
       p_params, p_stats, p_opt, _, bad = p_train(p_params, p_stats, p_opt, x, y, run_key, step)
@@ -194,29 +172,25 @@ def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict
                                "non-finite loss or gradient; lower config.probe.finetune."
                                "learning_rate")
     out = _predict(p_predict, p_params, p_stats, val["ecg"], s.per_device_batch_size)
-    if stopper.update(step, validation_criterion(task, y_val, to_score(out))):
-      best = host_copy(parallel.unreplicate((p_params, p_stats)))
-  final = host_copy(parallel.unreplicate((p_params, p_stats)))
+    if stopper.update(step, head_training.validation_criterion(task, y_val, to_score(out))):
+      best = head_training.host_copy(parallel.unreplicate((p_params, p_stats)))
+  final = head_training.host_copy(parallel.unreplicate((p_params, p_stats)))
   b_params, b_stats = parallel.replicate(best[0]), parallel.replicate(best[1])
   val_scores = to_score(_predict(p_predict, b_params, b_stats, val["ecg"],
                                  s.per_device_batch_size))
   test_scores = None if test is None else to_score(
       _predict(p_predict, b_params, b_stats, test["ecg"], s.per_device_batch_size))
-  threshold = (metrics_lib.choose_threshold(y_val, val_scores, threshold_criterion)
-               if task == "binary" else None)
-  return HeadResult(task=task, val_scores=val_scores, test_scores=test_scores,
-                    threshold=threshold, best_step=stopper.best_step, steps_run=step,
-                    history=tuple(stopper.history),
-                    best_variables={"params": best[0], "batch_stats": best[1]},
-                    final_variables={"params": final[0], "batch_stats": final[1]},
-                    n_train=int(train["ecg"].shape[0]))
+  return head_training.head_result(
+      task, y_val=y_val, val_scores=val_scores, test_scores=test_scores, stopper=stopper,
+      steps_run=step, best=best, final=final, n_train=train["ecg"].shape[0],
+      threshold_criterion=threshold_criterion)
 
 
 def subset(split: dict, indices: np.ndarray) -> dict:
   return {k: v[indices] for k, v in split.items()}
 
 
-def variables_of(result: HeadResult) -> dict[str, Any]:
+def variables_of(result: head_training.HeadResult) -> dict[str, Any]:
   """The fine-tuned encoder's variables (to embed with it, e.g. for a projection plot)."""
   v = result.best_variables
   return {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}

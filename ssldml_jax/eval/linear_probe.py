@@ -1,4 +1,4 @@
-"""Linear probes on frozen embeddings, and the label-fraction training subsets.
+"""Linear probes on frozen embeddings.
 
 Protocol (the same for every encoder, so that rows of a table are comparable):
 
@@ -13,31 +13,20 @@ Protocol (the same for every encoder, so that rows of a table are comparable):
   RMSE, ties to the larger alpha.
 - The model kept is the one fit on the training split with the chosen value; validation data
   never enters the fit.
-
-Label fractions. ``label_fraction_subsets`` shuffles the training PATIENTS once per seed and
-takes prefixes of that order, so the subsets are patient-level, deterministic in the seed, and
-nested (1% inside 10% inside 100%). A fraction f keeps ceil(f x patients) patients (at least
-one). The "limited" setting keeps EXACTLY n ECGs (the paper's 1,000 labeled ECGs): whole
-patients in the same order until n is reached, the last patient contributing only its first
-ECGs (array order) if it would overshoot. So every seed and method trains on the same number of
-labels, and at most one patient is partial.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ssldml_jax.eval import bootstrap, metrics as metrics_lib
+from ssldml_jax.eval import metrics as metrics_lib
 
 DEFAULT_C_GRID = tuple(10.0 ** np.arange(-4, 3))       # 1e-4 .. 1e2
 DEFAULT_ALPHA_GRID = tuple(10.0 ** np.arange(-2, 5))   # 1e-2 .. 1e4
-DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
-DEFAULT_LIMITED_N = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,42 +140,6 @@ def ridge_probe(x_train, y_train, x_val, y_val, x_test=None, *,
       val_criterion=tuple(criterion), val_scores=z_val @ coef + intercept,
       test_scores=None if x_test is None else std(x_test) @ coef + intercept, threshold=None,
       coef=coef, intercept=intercept, standardizer=std, n_train=int(x_train.shape[0]))
-
-
-# ------------------------------------------------------------------------- label fractions
-
-
-def fraction_name(fraction: float) -> str:
-  return f"{100.0 * fraction:g}%"
-
-
-def limited_name(n: int) -> str:
-  return f"n={n}"
-
-
-def label_fraction_subsets(patient_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                           limited_n: Optional[int] = DEFAULT_LIMITED_N,
-                           seed: int = 0) -> dict[str, np.ndarray]:
-  """Training-set subsets by name ('1%', '10%', '100%', 'n=1000') -> sorted ECG indices."""
-  inverse, num_patients = bootstrap.patient_index(patient_ids)
-  order = np.random.default_rng(seed).permutation(num_patients)
-  rank = np.empty(num_patients, np.int64)
-  rank[order] = np.arange(num_patients)
-  ecg_rank = rank[inverse]                       # position of each ECG's patient in the order
-  # ECGs sorted by (patient rank, index): a prefix of this is a prefix of the patient order.
-  by_rank = np.lexsort((np.arange(inverse.size), ecg_rank))
-  out = {}
-  for f in fractions:
-    if not 0.0 < f <= 1.0:
-      raise ValueError(f"label fraction {f} must lie in (0, 1]")
-    k = max(1, math.ceil(f * num_patients - 1e-9))
-    out[fraction_name(f)] = np.flatnonzero(ecg_rank < k)
-  if limited_n is not None:
-    if not 0 < limited_n <= inverse.size:
-      raise ValueError(f"limited n={limited_n} labeled ECGs requested but the training split has "
-                       f"{inverse.size} ECGs")
-    out[limited_name(limited_n)] = np.sort(by_rank[:limited_n])
-  return out
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -17,14 +17,14 @@ Protocol (the same inputs as ``linear_probe``, so rows of a table are comparable
 - Scores of the best parameters: probabilities (binary) or mmHg; the decision threshold for F1 /
   accuracy is chosen on the validation scores (``metrics.choose_threshold``).
 
-``HeadResult``, ``host_copy``, ``Stopper`` and ``index_stream`` are shared with ``finetune.py``.
+Targets, batches, early stopping and results follow ``head_training`` (shared with ``finetune``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from ssldml_jax import models
-from ssldml_jax.eval import linear_probe, metrics as metrics_lib
+from ssldml_jax.eval import head_training, linear_probe
 
 _PREDICT_CHUNK = 512  # rows per compiled prediction call (padded), one shape for every split
 
@@ -55,86 +55,6 @@ class MLPSettings:
     return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadResult:
-  """A trained head (MLP or fine-tuned model) with its predictions from the best checkpoint."""
-  task: str                         # 'binary' | 'regression'
-  val_scores: np.ndarray            # probabilities (binary) or mmHg (regression)
-  test_scores: Optional[np.ndarray]
-  threshold: Optional[float]        # binary: chosen on validation
-  best_step: int                    # training steps behind the kept parameters
-  steps_run: int
-  history: tuple                    # (step, validation criterion) after every block
-  best_variables: Any               # host copy taken at best_step
-  final_variables: Any              # the live state when training stopped (host)
-  n_train: int
-
-
-def host_copy(tree: Any) -> Any:
-  """Every leaf as a fresh host array that shares no memory with any device buffer.
-
-  (``np.asarray`` of a CPU array can be a zero-copy view of a buffer that a donated step will
-  overwrite; a checkpoint must own its memory.)
-  """
-  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
-
-
-class Stopper:
-  """Early stopping on a validation criterion; remembers the best step."""
-
-  def __init__(self, higher_is_better: bool, patience: int):
-    self.sign = 1.0 if higher_is_better else -1.0
-    self.patience = patience
-    self.best = -np.inf
-    self.best_step = 0
-    self.waited = 0
-    self.history: list[tuple[int, float]] = []
-
-  def update(self, step: int, value: float) -> bool:
-    """Records ``value`` at ``step``; True when it is a new best (the caller copies then)."""
-    self.history.append((int(step), float(value)))
-    score = self.sign * value if np.isfinite(value) else -np.inf
-    if score > self.best or not self.history[:-1]:
-      self.best, self.best_step, self.waited = score, int(step), 0
-      return True
-    self.waited += 1
-    return False
-
-  @property
-  def done(self) -> bool:
-    return self.waited >= self.patience
-
-  @property
-  def best_value(self) -> float:
-    return self.sign * self.best
-
-
-def validation_criterion(task: str, y, score) -> float:
-  """AUROC (binary) or RMSE (regression) of validation predictions."""
-  return metrics_lib.auroc(y, score) if task == "binary" else metrics_lib.rmse(y, score)
-
-
-def index_stream(n: int, seed: int) -> Iterator[int]:
-  """Row indices from consecutive seeded shuffles of ``range(n)``."""
-  rng = np.random.default_rng(seed)
-  while True:
-    yield from rng.permutation(n).tolist()
-
-
-def take_indices(stream: Iterator[int], shape: tuple) -> np.ndarray:
-  return np.fromiter(stream, np.int64, count=int(np.prod(shape))).reshape(shape)
-
-
-def check_targets(task: str, name: str, y, n: int) -> np.ndarray:
-  if task == "binary":
-    y = metrics_lib.check_binary(name, y, n)
-    if y.all() or not y.any():
-      raise ValueError(f"{name}: only one class among {y.size} labels; the head needs both (too "
-                       "small a label fraction?)")
-    return y
-  return metrics_lib.check_scores(name, y, n)
-
-
 def check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
   x = np.asarray(x, np.float64)
   if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
@@ -143,14 +63,6 @@ def check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
   if bad.size:
     raise ValueError(f"{name}: {bad.size} embedding(s) with NaN/inf, first at row {bad[0]}")
   return x
-
-
-def task_loss(task: str, out: jax.Array, y: jax.Array) -> jax.Array:
-  """Mean BCE on logits (binary) or MSE on standardised targets (regression)."""
-  out = out.reshape(-1)
-  if task == "binary":
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(out, y))
-  return jnp.mean(jnp.square(out - y))
 
 
 @functools.lru_cache(maxsize=16)
@@ -168,7 +80,7 @@ def _compiled(task: str, hidden_dim: int, dropout: float, learning_rate: float,
     def loss_fn(p):
       out, updates = head.apply({"params": p, "batch_stats": stats}, x, train=True,
                                 rngs={"dropout": key}, mutable=["batch_stats"])
-      return task_loss(task, out, y), updates["batch_stats"]
+      return head_training.task_loss(task, out, y), updates["batch_stats"]
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, new_opt = tx.update(grads, opt_state, params)
@@ -205,25 +117,18 @@ def _predict(predict, params, stats, x: np.ndarray) -> np.ndarray:
 
 def train_mlp_probe(x_train, y_train, x_val, y_val, x_test=None, *, task: str, seed: int = 0,
                     settings: MLPSettings = MLPSettings(),
-                    threshold_criterion: str = "f1") -> HeadResult:
+                    threshold_criterion: str = "f1") -> head_training.HeadResult:
   """Fits the MLP head (see the module docstring); ``y`` are 0/1 labels or mmHg."""
-  if task not in ("binary", "regression"):
-    raise ValueError(f"task={task!r} is not allowed; choose 'binary' or 'regression'")
+  head_training.check_task(task)
   x_train = check_embeddings("x_train", x_train)
   x_val = check_embeddings("x_val", x_val, x_train.shape[1])
   x_test = None if x_test is None else check_embeddings("x_test", x_test, x_train.shape[1])
-  y_train = check_targets(task, "y_train", y_train, x_train.shape[0])
-  y_val = check_targets(task, "y_val", y_val, x_val.shape[0])
+  y_train = head_training.check_targets(task, "y_train", y_train, x_train.shape[0])
+  y_val = head_training.check_targets(task, "y_val", y_val, x_val.shape[0])
   std = linear_probe.fit_standardizer(x_train)
   z_train, z_val = std(x_train).astype(np.float32), std(x_val).astype(np.float32)
   z_test = None if x_test is None else std(x_test).astype(np.float32)
-  if task == "binary":
-    t_train = y_train.astype(np.float32)
-    to_score = lambda out: 1.0 / (1.0 + np.exp(-out))  # noqa: E731
-  else:
-    mean, scale = float(y_train.mean()), float(y_train.std()) or 1.0
-    t_train = ((y_train - mean) / scale).astype(np.float32)
-    to_score = lambda out: out * scale + mean  # noqa: E731
+  t_train, to_score = head_training.loss_targets(task, y_train)
 
   s = settings
   _, tx, train_block, predict, init = _compiled(task, s.hidden_dim, float(s.dropout),
@@ -237,27 +142,24 @@ def train_mlp_probe(x_train, y_train, x_val, y_val, x_test=None, *, task: str, s
   # them distinct.
   params, stats, opt_state = jax.tree.map(jnp.array, (params, stats, opt_state))
 
-  stream = index_stream(z_train.shape[0], seed)
-  stopper = Stopper(higher_is_better=task == "binary", patience=s.patience)
-  best = host_copy((params, stats))
+  stream = head_training.index_stream(z_train.shape[0], seed)
+  stopper = head_training.Stopper(higher_is_better=task == "binary", patience=s.patience)
+  best = head_training.host_copy((params, stats))
   step = 0
   # Whole blocks only (max_steps rounds up): a shorter last block would compile a second shape.
   while step < s.max_steps and not stopper.done:
-    idx = take_indices(stream, (s.eval_every_steps, s.batch_size))
+    idx = head_training.take_indices(stream, (s.eval_every_steps, s.batch_size))
     params, stats, opt_state, _ = train_block(params, stats, opt_state, z_train[idx],
                                               t_train[idx], dropout_key, step)
     step += s.eval_every_steps
-    value = validation_criterion(task, y_val, to_score(_predict(predict, params, stats, z_val)))
+    value = head_training.validation_criterion(
+        task, y_val, to_score(_predict(predict, params, stats, z_val)))
     if stopper.update(step, value):
-      best = host_copy((params, stats))
-  final = host_copy((params, stats))
+      best = head_training.host_copy((params, stats))
+  final = head_training.host_copy((params, stats))
   val_scores = to_score(_predict(predict, best[0], best[1], z_val))
   test_scores = None if z_test is None else to_score(_predict(predict, best[0], best[1], z_test))
-  threshold = (metrics_lib.choose_threshold(y_val, val_scores, threshold_criterion)
-               if task == "binary" else None)
-  return HeadResult(task=task, val_scores=val_scores, test_scores=test_scores,
-                    threshold=threshold, best_step=stopper.best_step, steps_run=step,
-                    history=tuple(stopper.history),
-                    best_variables={"params": best[0], "batch_stats": best[1]},
-                    final_variables={"params": final[0], "batch_stats": final[1]},
-                    n_train=int(z_train.shape[0]))
+  return head_training.head_result(
+      task, y_val=y_val, val_scores=val_scores, test_scores=test_scores, stopper=stopper,
+      steps_run=step, best=best, final=final, n_train=z_train.shape[0],
+      threshold_criterion=threshold_criterion)

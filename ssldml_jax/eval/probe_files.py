@@ -1,0 +1,157 @@
+"""The files a probe leaves in its workdir, written and read back.
+
+- ``probe_results.json``: ``name``, the table ``rows`` (head and ``tables.Row`` fields), the
+  subgroup ``tests`` (head, target and ``subgroups.PermutationResult`` fields), one record per
+  fit (``estimates.fit_records``), and what the caller adds (source, dataset, config). NaN and
+  infinities are stored as ``null`` and read back as NaN.
+- ``predictions.csv``: ``ecg_id, patient_id, split, y_true_<target>, y_score_<target>[_<head>]``
+  for the validation and test ECGs (``y_true_regression`` is the mPCWP in mmHg); scores are the
+  seed mean at 100% of labels, the primary head's unsuffixed.
+
+``ProbeOutcome`` is what a finished probe amounts to; a workdir holding ``probe_results.json``
+is done (``is_done``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from ssldml_jax.eval import embed, subgroups, subsets, tables, targets
+from ssldml_jax.eval.fitting import Fit
+
+RESULTS_FILE = "probe_results.json"
+PREDICTIONS_FILE = "predictions.csv"
+_ID_COLUMNS = ("ecg_id", "patient_id", "split")
+
+
+@dataclasses.dataclass
+class ProbeOutcome:
+  """What ``probe_lib.run_probe`` leaves in its workdir, read back."""
+  name: str
+  workdir: str
+  rows: list                        # (head, tables.Row)
+  tests: list                       # (head, target, subgroups.PermutationResult)
+  fits: list                        # dicts: head, target, fraction, seed, n_train, test metrics
+
+  @property
+  def predictions_path(self) -> str:
+    return os.path.join(self.workdir, PREDICTIONS_FILE)
+
+  def embeddings_path(self, split: str) -> str:
+    return os.path.join(self.workdir, embed.EMBEDDINGS_DIR, f"{split}.npz")
+
+
+def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequence[Fit],
+                      splits: Mapping[str, dict]) -> str:
+  """``predictions.csv`` (module docstring) of ``splits['validation']`` and ``['test']``."""
+  p = config.probe
+  threshold = float(config.task.pcwp_threshold)
+  columns, values = [], {}
+  for target in p.targets:
+    column = f"y_true_{target}"
+    columns.append(column)
+    values[column] = {split: targets.values(splits[split], target, threshold)
+                      for split in ("validation", "test")}
+    for head in p.heads:
+      chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, subsets.FULL)]
+      if not chosen:
+        continue
+      column = f"y_score_{target}" + ("" if head == p.primary_head else f"_{head}")
+      columns.append(column)
+      values[column] = {
+          "validation": np.mean([f.val_scores for f in chosen], axis=0),
+          "test": np.mean([f.test_scores for f in chosen], axis=0)}
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(list(_ID_COLUMNS) + columns)
+    for split in ("validation", "test"):
+      s = splits[split]
+      for i in range(len(s["ecg_id"])):
+        row = [s["ecg_id"][i], s["patient_id"][i], split]
+        row += [_cell(values[column][split][i], column) for column in columns]
+        writer.writerow(row)
+  os.replace(tmp, path)
+  return path
+
+
+def _cell(value: Any, column: str) -> Any:
+  """A label as 0/1 or mmHg to 0.001, a score to 6 significant digits."""
+  if column.startswith("y_true_"):
+    return int(value) if isinstance(value, (bool, np.bool_)) else f"{float(value):.3f}"
+  return f"{float(value):.6g}"
+
+
+def read_predictions(path: str) -> dict[str, np.ndarray]:
+  """Columns of a predictions file (numbers as float, ids as text)."""
+  with open(path, newline="", encoding="utf-8") as fh:
+    reader = csv.DictReader(fh)
+    records = list(reader)
+    fields = reader.fieldnames or []
+  out = {}
+  for field in fields:
+    column = [r[field] for r in records]
+    out[field] = (np.asarray(column, str) if field in _ID_COLUMNS
+                  else np.asarray(column, np.float64))
+  return out
+
+
+def _to_json(value: Any) -> Any:
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _to_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json(v) for v in value]
+  if isinstance(value, np.generic):
+    return _to_json(value.item())
+  return value
+
+
+def _from_json(value: Any) -> float:
+  return math.nan if value is None else float(value)
+
+
+def save_outcome(path: str, outcome: ProbeOutcome, extra: dict) -> None:
+  """``probe_results.json`` of ``outcome`` with the keys of ``extra`` added."""
+  data = dict(extra, name=outcome.name,
+              rows=[dict(head=h, **dataclasses.asdict(r)) for h, r in outcome.rows],
+              tests=[dict(head=h, target=t, **dataclasses.asdict(r)) for h, t, r in outcome.tests],
+              fits=outcome.fits)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as fh:
+    json.dump(_to_json(data), fh, indent=1)
+  os.replace(tmp, path)
+
+
+def load_outcome(workdir: str) -> ProbeOutcome:
+  """The outcome a finished ``run_probe`` left in ``workdir``."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  with open(path, encoding="utf-8") as fh:
+    data = json.load(fh)
+  rows = []
+  for r in data["rows"]:
+    head = r.pop("head")
+    for key in ("point", "low", "high"):
+      r[key] = _from_json(r[key])
+    rows.append((head, tables.Row(**r)))
+  tests = []
+  for t in data["tests"]:
+    head, target = t.pop("head"), t.pop("target")
+    for key in ("value_a", "value_b", "difference", "p_value"):
+      t[key] = _from_json(t[key])
+    tests.append((head, target, subgroups.PermutationResult(**t)))
+  return ProbeOutcome(name=data["name"], workdir=os.path.abspath(workdir), rows=rows, tests=tests,
+                      fits=data["fits"])
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, RESULTS_FILE))

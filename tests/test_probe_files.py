@@ -1,0 +1,84 @@
+"""A probe's files: predictions.csv against the values written by hand, probe_results.json
+read back as written (NaN included)."""
+
+import csv
+import math
+
+import numpy as np
+
+from ssldml_jax import config_defaults
+from ssldml_jax.eval import fitting, probe_config, probe_files, subgroups, tables
+
+
+def _split(n, seed):
+  rng = np.random.default_rng(seed)
+  return {"ecg_id": np.array([f"{seed}e{i}" for i in range(n)]),
+          "patient_id": np.array([f"p{i // 2}" for i in range(n)]),
+          "pcwp": rng.uniform(5.0, 35.0, n).astype(np.float32)}
+
+
+def _fit(head, target, fraction, seed, rng, n_val, n_test):
+  return fitting.Fit(head=head, target=target, fraction=fraction, seed=seed, n_train=9,
+                     val_scores=rng.uniform(0, 40, n_val), test_scores=rng.uniform(0, 40, n_test),
+                     threshold=None, info={})
+
+
+def test_predictions_file(tmp_path):
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
+  c.probe.heads, c.probe.primary_head = ("linear", "mlp"), "mlp"
+  splits = {"validation": _split(6, 1), "test": _split(5, 2)}
+  rng = np.random.default_rng(0)
+  fits = [_fit(h, t, fr, s, rng, 6, 5) for h in ("linear", "mlp") for t in ("binary", "regression")
+          for fr in ("10%", "100%") for s in (0, 1)]
+  path = probe_files.write_predictions(str(tmp_path / "p.csv"), c, fits, splits)
+  with open(path, newline="") as fh:
+    rows = list(csv.reader(fh))
+  assert rows[0] == ["ecg_id", "patient_id", "split", "y_true_binary", "y_score_binary_linear",
+                     "y_score_binary", "y_true_regression", "y_score_regression_linear",
+                     "y_score_regression"]
+  body = rows[1:]
+  assert [r[2] for r in body] == ["validation"] * 6 + ["test"] * 5
+  for r, (split, i) in zip(body, [("validation", i) for i in range(6)] +
+                           [("test", i) for i in range(5)]):
+    s = splits[split]
+    pcwp = float(s["pcwp"][i])
+    assert r[:2] == [s["ecg_id"][i], s["patient_id"][i]]
+    assert r[3] == ("1" if pcwp > 18.0 else "0") and r[6] == f"{pcwp:.3f}"
+    for column, head, target in ((4, "linear", "binary"), (5, "mlp", "binary"),
+                                 (7, "linear", "regression"), (8, "mlp", "regression")):
+      # The seed mean of the 100% fits only.
+      scores = [getattr(f, "val_scores" if split == "validation" else "test_scores")[i]
+                for f in fits if (f.head, f.target, f.fraction) == (head, target, "100%")]
+      assert float(r[column]) == float(f"{(scores[0] + scores[1]) / 2:.6g}")
+  read = probe_files.read_predictions(path)
+  assert read["ecg_id"].tolist() == [r[0] for r in body]
+  np.testing.assert_array_equal(read["y_score_binary"], [float(r[5]) for r in body])
+  assert read["y_true_binary"].dtype == np.float64
+
+
+def test_outcome_round_trip(tmp_path):
+  row = tables.Row(method="enc", target="binary", metric="f1", point=0.7, low=math.nan,
+                   high=math.inf, n=12, group="female", fraction="10%")
+  test = subgroups.PermutationResult(metric="auroc", group_a="female", group_b="male",
+                                     value_a=0.8, value_b=0.6, difference=0.2, p_value=math.nan,
+                                     n_permutations=100, n_undefined=3, patients_a=5,
+                                     patients_b=7)
+  fits = [{"head": "linear", "target": "binary", "seed": 0, "test": {"auroc": 0.75}}]
+  outcome = probe_files.ProbeOutcome(name="enc", workdir=str(tmp_path), rows=[("mlp", row)],
+                                     tests=[("linear", "binary", test)], fits=fits)
+  assert not probe_files.is_done(str(tmp_path))
+  probe_files.save_outcome(str(tmp_path / probe_files.RESULTS_FILE), outcome,
+                           {"dataset": "ecg_synth/tiny", "value": np.float32(0.5)})
+  assert probe_files.is_done(str(tmp_path))
+  assert not list(tmp_path.glob("*.tmp"))
+  back = probe_files.load_outcome(str(tmp_path))
+  (head, got), = back.rows
+  assert head == "mlp" and got.point == 0.7 and math.isnan(got.low) and math.isnan(got.high)
+  assert {k: v for k, v in got.__dict__.items() if k not in ("low", "high")} == \
+      {k: v for k, v in row.__dict__.items() if k not in ("low", "high")}
+  (head, target, got), = back.tests
+  assert (head, target) == ("linear", "binary") and math.isnan(got.p_value)
+  assert got.difference == 0.2 and got.patients_b == 7
+  assert back.fits == fits and back.name == "enc"
+  assert back.predictions_path == str(tmp_path / probe_files.PREDICTIONS_FILE)
+  assert back.embeddings_path("test") == str(tmp_path / "embeddings" / "test.npz")

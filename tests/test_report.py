@@ -1,0 +1,99 @@
+"""The report over several probes: which tables, whose numbers in which table, files written."""
+
+import csv
+import filecmp
+import os
+
+import numpy as np
+import pytest
+
+from ssldml_jax import config_defaults
+from ssldml_jax.eval import embed, probe_config, probe_files, report, subgroups, tables
+
+HEADS = ("linear", "mlp")
+
+
+def _config():
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
+  c.probe.heads, c.probe.fraction_heads = HEADS, ("linear",)
+  probe_config.validate(c)
+  return c
+
+
+def _point(name, head, target, metric, fraction="100%", group="all"):
+  """A distinct number for every row, so a misplaced row shows."""
+  key = f"{name}/{head}/{target}/{metric}/{fraction}/{group}"
+  return round(0.05 + (sum(map(ord, key)) % 900) / 1000.0, 3)
+
+
+def _outcome(name, workdir):
+  rows = []
+  for head in HEADS:
+    for target, metrics in (("binary", ("auroc", "auprc", "f1", "accuracy")),
+                            ("regression", ("rmse", "mae", "pearson_r"))):
+      for metric in metrics:
+        cells = [("100%", "all"), ("10%", "all"), ("100%", "female"), ("100%", "male")]
+        for fraction, group in cells:
+          p = _point(name, head, target, metric, fraction, group)
+          rows.append((head, tables.Row(method=name, target=target, metric=metric, point=p,
+                                        low=p - 0.01, high=p + 0.01, n=20, group=group,
+                                        fraction=fraction)))
+  tests = [(head, "binary", subgroups.PermutationResult(
+      metric="auroc", group_a="female", group_b="male", value_a=0.7, value_b=0.6,
+      difference=0.1, p_value=0.2 if head == "linear" else 0.9, n_permutations=10,
+      n_undefined=0, patients_a=5, patients_b=5)) for head in HEADS]
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, probe_files.PREDICTIONS_FILE), "w", newline="") as fh:
+    w = csv.writer(fh)
+    w.writerow(["ecg_id", "patient_id", "split", "y_true_binary", "y_score_binary"])
+    for i in range(12):
+      w.writerow([f"e{i}", f"p{i}", "test" if i % 3 else "validation", i % 2, 0.1 + 0.07 * i])
+  return probe_files.ProbeOutcome(name=name, workdir=workdir, rows=rows, tests=tests, fits=[])
+
+
+def test_tables_take_each_heads_rows(tmp_path):
+  outcomes = [_outcome("a", str(tmp_path / "a")), _outcome("b", str(tmp_path / "b"))]
+  made = report.report_tables(outcomes, _config(), labels={"a": "Method A"})
+  assert set(made) == {"classification", "regression", "classification_mlp", "regression_mlp",
+                       "label_fractions_binary", "label_fractions_regression",
+                       "subgroups_binary", "subgroups_regression", "subgroup_tests"}
+  for stem, head, target, metrics in (
+      ("classification", "linear", "binary", ("auroc", "auprc", "f1", "accuracy")),
+      ("classification_mlp", "mlp", "binary", ("auroc", "auprc", "f1", "accuracy")),
+      ("regression_mlp", "mlp", "regression", ("rmse", "mae", "pearson_r"))):
+    table = made[stem]
+    assert [r[0] for r in table.body] == ["Method A", "b"]
+    for line, name in zip(table.body, ("a", "b")):
+      got = [tables.parse_cell(cell)[0] for cell in line[2:]]
+      assert got == pytest.approx([_point(name, head, target, m) for m in metrics])
+  fractions = made["label_fractions_binary"]
+  assert fractions.header == ("Method", "10%", "100%")
+  assert tables.parse_cell(fractions.body[1][1])[0] == pytest.approx(
+      _point("b", "linear", "binary", "auroc", "10%"))
+  assert {r[1] for r in made["subgroups_binary"].body} == {"female", "male"}
+  assert [(r[0], r[-1]) for r in made["subgroup_tests"].body] == [("Method A", "0.200"),
+                                                                  ("b", "0.200")]
+
+
+def test_write_report_files(tmp_path):
+  outcomes = [_outcome("a", str(tmp_path / "a")), _outcome("b", str(tmp_path / "b"))]
+  config = _config()
+  rng = np.random.default_rng(0)
+  arrays = {"embedding": rng.normal(size=(6, 4)).astype(np.float32),
+            "ecg_id": np.array([f"e{i}" for i in range(6)]),
+            "patient_id": np.array([f"p{i}" for i in range(6)]),
+            "pcwp": rng.uniform(5, 30, 6).astype(np.float32), "age": np.full(6, 50, np.float32),
+            "sex": np.zeros(6, np.int32)}
+  embed.save_npz(outcomes[0].embeddings_path("test"), arrays, source="s", dataset="d",
+                 split="test")
+  root = str(tmp_path / "report")
+  made = report.write_report(outcomes, config, root)
+  for stem, table in made.items():
+    with open(os.path.join(root, "tables", stem + ".md")) as fh:
+      assert fh.read() == tables.to_markdown(table)
+    assert os.path.getsize(os.path.join(root, "tables", stem + ".tex")) > 0
+  for o in outcomes:
+    assert filecmp.cmp(o.predictions_path, os.path.join(root, "predictions", f"{o.name}.csv"),
+                       shallow=False)
+  plots = sorted(os.listdir(os.path.join(root, "plots")))
+  assert plots == ["calibration.png", "embedding_a.png", "roc_pr.png"]  # b has no embeddings
