@@ -16,9 +16,10 @@ Ties. Every "nearest"/"farthest"/"hardest" choice breaks ties towards the lowest
 
 Randomness. Random choices are uniform over the allowed candidates: each anchor draws from
 ``fold_in(fold_in(key, global anchor index), stream)`` with ``jax.random.randint`` over the
-allowed candidates of its row of the global batch. Pass the *same* key on every device (the step key, not a per-device
-key) and the mined triplets do not depend on how the batch is split over devices. Which
-candidate a given key picks may change with the jax version; the distribution does not.
+allowed candidates of its row of the global batch. Pass the *same* key on every device (the
+step key, not a per-device key) and the mined triplets do not depend on how the batch is split
+over devices. Which candidate a given key picks may change with the jax version; the
+distribution does not.
 
 Masks. ``mask`` / ``valid_labels`` are ``(n_candidates,)`` bool (the gathered batch): a False row
 (padding, missing label) is never a positive or a negative, and as an anchor it yields an invalid
@@ -107,10 +108,10 @@ def _uniform_choice(key: jax.Array, anchors: jax.Array, allowed: jax.Array,
 
   Row ``r`` draws ``k`` with ``jax.random.randint`` from ``fold_in(fold_in(key, anchors[r]),
   stream)`` and takes its ``k``-th allowed column: the draw depends on the anchor's global index
-  and its row only, not on which device holds the row. One number per row, not one per column
-  (``jax.random.categorical``) nor a search (``jax.random.choice`` with ``p``): those cost 2-3x
-  the whole mining step on a GPU. A row with nothing allowed gets column 0; callers mark it
-  invalid.
+  and its row only, not on which device holds the row. One number per row: ``jax.random.choice``
+  with ``p`` searches the cumulative probabilities and made the mining step 2-3x slower on a GPU,
+  ``jax.random.categorical`` draws a number per column and made it up to 2x slower on a CPU.
+  A row with nothing allowed gets column 0; callers mark it invalid.
   """
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(anchors)
   rank = jnp.cumsum(allowed, axis=1, dtype=jnp.int32)  # Allowed columns up to each column.

@@ -287,28 +287,36 @@ def load_miners(path: str) -> Any:
   return module
 
 
-def time_baseline(baseline: Any, b: int, dim: int, *, rounds: int, calls: int,
-                  seed: int = 0) -> list[dict]:
-  """This project's miners against ``baseline``'s inside the same loss, at batch ``b``.
-
-  First both must mine the same triplets where the choice is deterministic (``distance`` with
-  ``neg_topk=1``, ``batch_hard``); the timed runs then draw random negatives as in ``time_size``.
-  """
-  rows = []
+def check_baseline(baseline: Any, b: int, dim: int, *, seed: int = 0) -> None:
+  """Raises AssertionError unless ``baseline`` mines this project's triplets at batch ``b``
+  where the choice is deterministic (``distance`` with ``neg_topk=1``, ``batch_hard``)."""
+  inputs = make_inputs(b, dim, seed)
   for miner in MINERS:
-    inputs = make_inputs(b, dim, seed)
     fixed = 1 if miner == "distance" else None
     ours, theirs = (miner_step(m, miner, inputs, neg_topk=fixed, seed=seed)()[1]
                     for m in (miners, baseline))
     for name, a, c in zip(miners.Triplets._fields, ours, theirs):
       if not np.array_equal(np.asarray(a), np.asarray(c)):
         raise AssertionError(f"mining {miner} B={b}: the baseline miners pick other {name}")
+
+
+def time_baseline(baseline: Any, b: int, dim: int, *, rounds: int, calls: int,
+                  seed: int = 0) -> list[dict]:
+  """This project's miners against ``baseline``'s inside the same loss, at batch ``b``.
+
+  First ``check_baseline``; the timed runs then draw random negatives as in ``time_size``.
+  """
+  check_baseline(baseline, b, dim, seed=seed)
+  rows = []
+  inputs = make_inputs(b, dim, seed)
+  for miner in MINERS:
     steps = {"ssldml_jax": miner_step(miners, miner, inputs, seed=seed),
              "baseline": miner_step(baseline, miner, inputs, seed=seed)}
     seconds = time_alternating(steps, rounds=rounds, calls={name: calls for name in steps})
+    ratio = seconds["baseline"] / seconds["ssldml_jax"]
     rows.append({"benchmark": "mining", "case": f"{miner} B={b} D={dim}",
                  "ours_s": seconds["ssldml_jax"], "peer": "baseline miners",
-                 "peer_s": seconds["baseline"], "ratio": seconds["baseline"] / seconds["ssldml_jax"],
+                 "peer_s": seconds["baseline"], "ratio": ratio,
                  "note": "same loss; same triplets with neg_topk=1"})
   return rows
 
