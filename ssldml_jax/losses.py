@@ -131,12 +131,12 @@ def multi_similarity_loss(emb: jax.Array, labels: jax.Array, *, alpha: float = 2
   over same-label others ``P`` and other-label ``N``, averaged over anchors with a valid label.
   Like pytorch-metric-learning's ``MultiSimilarityLoss``, it does no pair mining of its own.
   """
-  ok = miners._check_labels(labels, valid_labels)
+  ok = miners.usable_labels(labels, valid_labels)
   labels = jnp.asarray(labels)
   emb = _prepare(emb, True)
   num = emb.shape[0]
   n = num if num_anchors is None else num_anchors
-  anchor_ids, usable, anchor_ok = miners._setup(n, num, offset, ok)
+  anchor_ids, usable, anchor_ok = miners.candidates(n, num, offset, ok)
   sim = jnp.matmul(emb[anchor_ids], emb.T, precision=lax.Precision.HIGHEST)
   same = labels[None, :] == labels[anchor_ids][:, None]
   pos_term = _log1p_sum_exp(-alpha * (sim - base), usable & same) / alpha

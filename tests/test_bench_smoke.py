@@ -39,6 +39,23 @@ def test_loop_negatives_are_random_among_the_others(monkeypatch):
   assert len({(a, n) for a, _, n in picked}) == 6 * 4  # Every allowed negative turns up.
 
 
+def test_baseline_miners_are_checked_before_timing(tmp_path):
+  import inspect
+  from ssldml_jax import miners
+  same = tmp_path / "same_miners.py"
+  same.write_text(inspect.getsource(miners))
+  mining.check_baseline(mining.load_miners(str(same)), 8, 4)
+  # A version whose farthest negative is another candidate must be refused before any timing.
+  shifted = tmp_path / "shifted_miners.py"
+  shifted.write_text(inspect.getsource(miners).replace(
+      "neg = jnp.take_along_axis(cols, pick[:, None], axis=1)[:, 0]",
+      "neg = jnp.take_along_axis(cols, pick[:, None], axis=1)[:, 0] - 1"))
+  with pytest.raises(AssertionError, match="baseline miners pick other negatives"):
+    mining.time_baseline(mining.load_miners(str(shifted)), 8, 4, rounds=1, calls=1)
+  with pytest.raises(ValueError, match="no such file"):
+    mining.load_miners(str(tmp_path / "missing.py"))
+
+
 def test_hdf5_peer_reads_back_the_pipeline_ecgs(ecg_synth_tiny, data_dir, tmp_path):
   from ssldml_jax.bench import input as bench_input
   config = bench_input.data_config("ecg_synth/tiny", data_dir, batch=4, rate=None)

@@ -1,7 +1,7 @@
 """Mining + triplet loss, forward and backward: this project vs pytorch-metric-learning vs a loop.
 
 ``python -m ssldml_jax.bench mining [--sizes=64,256,1024] [--dim=128] [--rounds=5] [--calls=10]
-[--quick] [--no_record]``
+[--baseline_miners=FILE] [--step_rounds=3] [--no_train_step] [--quick] [--no_record]``
 
 Each measured step takes embeddings ``(B, D)`` and returns the mean triplet loss (margin 0.2,
 Euclidean distance on L2-normalised embeddings, mean over all mined triplets) and its gradient
@@ -21,6 +21,20 @@ pick the same triplets); the timed runs draw random negatives (``neg_topk=None``
 The raw-distance matrix is the Euclidean distance between random signals: mining cost does not
 depend on where the distances came from (``bench dtw`` times computing them).
 
+Share of the training step. What matters end to end is how much of a training step mining and the
+loss take. The program times the paper-config training step (``bench train_step``'s program:
+ResNet-18, 10 s at 250 Hz, 64 ECGs per device, forward, backward and AdamW) and, in the same run,
+one device's mining + triplet loss at the paper's per-device batch of 64 anchors against a global
+batch of 64 (one device) and 512 (eight devices), and prints the ratio. The step is slow on a CPU
+(seconds), so it is timed over ``--step_rounds`` steps only. Raw-signal distances (DTW) are not
+part of "mining" here: ``bench dtw`` times them.
+
+Baseline miners. ``--baseline_miners=FILE`` loads another version of ``ssldml_jax/miners.py``
+(for example ``git show main:ssldml_jax/miners.py > /tmp/baseline_miners.py``) and times it
+against this one in the same run, inside the same loss: first both must mine the same triplets for
+the deterministic miners (``distance`` with ``neg_topk=1``, ``batch_hard``), then the timed runs
+are as above; the share table gets the baseline's share and the difference.
+
 Threads: torch gets one intra-op thread unless ``--torch_threads`` says otherwise. On a 2-core
 machine its OpenMP workers spin between operations on the core the next computation needs: with
 torch's default of 2 threads, pytorch-metric-learning ran 4-14x slower here and, in the same
@@ -31,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
+import os
 import statistics
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -39,8 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssldml_jax import losses
-from ssldml_jax.bench import common, reference_loops
+from ssldml_jax import distances, losses, miners
+from ssldml_jax.bench import common, reference_loops, train_step
 
 MINERS = ("distance", "batch_hard")
 SIZES = (64, 256, 1024)
@@ -51,6 +67,9 @@ _PER_CLASS = 8
 # Goals of the issue, at B = 256.
 GOAL_B = 256
 GOALS = {"pytorch-metric-learning": 3.0, "python loop": 100.0}
+# The paper's per-device batch, mined against the global batch of one and of eight devices.
+PAPER_B = 64
+PAPER_DEVICES = (1, 8)
 
 
 def make_inputs(b: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -82,13 +101,11 @@ def _jax_value_and_grad(miner: str, neg_topk: Optional[int]) -> Callable:
   return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
 
-def jax_step(miner: str, inputs: dict, *, neg_topk: Optional[int] = None,
-             seed: int = 0) -> Callable[[], tuple]:
-  """This project's jitted miner + loss: a no-argument callable returning (loss, triplets, grad).
+def _bind(fn: Callable, inputs: dict, seed: int) -> Callable[[], tuple]:
+  """``fn`` on ``inputs`` as a no-argument callable returning (loss, triplets, grad).
 
   The arrays are placed on the device beforehand, so a call times the step alone.
   """
-  fn = _jax_value_and_grad(miner, neg_topk)
   args = (jnp.asarray(inputs["emb"]), jnp.asarray(inputs["raw"]), jnp.asarray(inputs["labels"]),
           jax.random.key(seed))
 
@@ -96,6 +113,39 @@ def jax_step(miner: str, inputs: dict, *, neg_topk: Optional[int] = None,
     (loss, triplets), grad = jax.block_until_ready(fn(*args))
     return loss, triplets, grad
   return step
+
+
+def jax_step(miner: str, inputs: dict, *, neg_topk: Optional[int] = None,
+             seed: int = 0) -> Callable[[], tuple]:
+  """This project's jitted miner + loss: a no-argument callable returning (loss, triplets, grad)."""
+  return _bind(_jax_value_and_grad(miner, neg_topk), inputs, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_value_and_grad(module: Any, miner: str, rows: int,
+                           neg_topk: Optional[int]) -> Callable:
+  def loss_fn(emb, raw, labels, key):
+    if miner == "distance":
+      triplets = module.distance_miner(raw[:rows], key, neg_topk)
+    else:
+      unit = jax.lax.stop_gradient(distances.l2_normalize(emb))
+      triplets = module.batch_hard_miner(distances.euclidean(unit[:rows], unit), labels)
+    value = losses.triplet_loss(emb, *triplets, margin=MARGIN, distance="euclidean")
+    return value, triplets
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def miner_step(module: Any, miner: str, inputs: dict, *, rows: Optional[int] = None,
+               neg_topk: Optional[int] = None, seed: int = 0) -> Callable[[], tuple]:
+  """One device's step with the miners of ``module`` (``ssldml_jax.miners`` or another version).
+
+  The device's anchors are the first ``rows`` (default: all) of the ``len(inputs["emb"])``
+  candidates, offset 0, as a device mines its rows against the gathered batch; the loss is
+  ``losses.triplet_loss`` and the gradient is w.r.t. every candidate's embedding (the transpose
+  of the gather, which sends each device its rows, is communication and not timed).
+  """
+  fn = _module_value_and_grad(module, miner, rows or len(inputs["emb"]), neg_topk)
+  return _bind(fn, inputs, seed)
 
 
 def valid_triplets(triplets) -> np.ndarray:
@@ -222,6 +272,99 @@ def time_size(b: int, dim: int, *, rounds: int, calls: int, seed: int = 0) -> li
   return rows
 
 
+# --- Another version of the miners -------------------------------------------------------------
+
+def load_miners(path: str) -> Any:
+  """Another version of ``ssldml_jax/miners.py``, loaded from ``path`` as a module of its own."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--baseline_miners={path}: no such file")
+  spec = importlib.util.spec_from_file_location("baseline_miners", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  missing = [f"{m}_miner" for m in MINERS if not hasattr(module, f"{m}_miner")]
+  if missing:
+    raise ValueError(f"--baseline_miners={path} defines no {', '.join(missing)}")
+  return module
+
+
+def check_baseline(baseline: Any, b: int, dim: int, *, seed: int = 0) -> None:
+  """Raises AssertionError unless ``baseline`` mines this project's triplets at batch ``b``
+  where the choice is deterministic (``distance`` with ``neg_topk=1``, ``batch_hard``)."""
+  inputs = make_inputs(b, dim, seed)
+  for miner in MINERS:
+    fixed = 1 if miner == "distance" else None
+    ours, theirs = (miner_step(m, miner, inputs, neg_topk=fixed, seed=seed)()[1]
+                    for m in (miners, baseline))
+    for name, a, c in zip(miners.Triplets._fields, ours, theirs):
+      if not np.array_equal(np.asarray(a), np.asarray(c)):
+        raise AssertionError(f"mining {miner} B={b}: the baseline miners pick other {name}")
+
+
+def time_baseline(baseline: Any, b: int, dim: int, *, rounds: int, calls: int,
+                  seed: int = 0) -> list[dict]:
+  """This project's miners against ``baseline``'s inside the same loss, at batch ``b``.
+
+  First ``check_baseline``; the timed runs then draw random negatives as in ``time_size``.
+  """
+  check_baseline(baseline, b, dim, seed=seed)
+  rows = []
+  inputs = make_inputs(b, dim, seed)
+  for miner in MINERS:
+    steps = {"ssldml_jax": miner_step(miners, miner, inputs, seed=seed),
+             "baseline": miner_step(baseline, miner, inputs, seed=seed)}
+    seconds = time_alternating(steps, rounds=rounds, calls={name: calls for name in steps})
+    ratio = seconds["baseline"] / seconds["ssldml_jax"]
+    rows.append({"benchmark": "mining", "case": f"{miner} B={b} D={dim}",
+                 "ours_s": seconds["ssldml_jax"], "peer": "baseline miners",
+                 "peer_s": seconds["baseline"], "ratio": ratio,
+                 "note": "same loss; same triplets with neg_topk=1"})
+  return rows
+
+
+# --- Share of the training step ------------------------------------------------------------------
+
+def train_step_share(*, dim: int, rounds: int, calls: int, step_rounds: int, quick: bool,
+                     baseline: Any = None) -> dict:
+  """Mining + triplet loss of one device as a share of the paper-config training step.
+
+  The step is ``bench train_step``'s program (``train_step.run``) on the default device: float32
+  on a CPU, bfloat16 on a GPU (as the GPU rows of ``bench train_step``). ``quick``: the small
+  model and batch of ``bench train_step --quick`` instead, for a smoke run.
+  """
+  width, rate, batch = (16, 100, 8) if quick else (64, 250, PAPER_B)
+  dtype = "bfloat16" if jax.default_backend() == "gpu" else "float32"
+  step = train_step.run(batch=batch, rate=rate, num_steps=step_rounds, warmup=1, width=width,
+                        with_torch=False, dtype=dtype)
+  model = f"ResNet-18 w{width}, {batch} ECGs of {step['num_samples']} samples, {dtype}"
+  print(f"  training step ({model}): {common.seconds(step['jax_s'])} "
+        f"(median of {step_rounds})", flush=True)
+  rows = []
+  for devices in PAPER_DEVICES:
+    inputs = make_inputs(batch * devices, dim)
+    fns = {"ssldml_jax": miner_step(miners, "distance", inputs, rows=batch)}
+    if baseline is not None:
+      fns["baseline"] = miner_step(baseline, "distance", inputs, rows=batch)
+    seconds = time_alternating(fns, rounds=rounds, calls={name: calls for name in fns})
+    row = {"case": f"distance, {batch} x {batch * devices} ({devices} device"
+                   f"{'s' if devices > 1 else ''})",
+           "mining_s": seconds["ssldml_jax"], "step_s": step["jax_s"],
+           "share": seconds["ssldml_jax"] / step["jax_s"]}
+    if baseline is not None:
+      row.update(baseline_s=seconds["baseline"], baseline_share=seconds["baseline"] / step["jax_s"],
+                 saving=(seconds["baseline"] - seconds["ssldml_jax"]) / step["jax_s"])
+    rows.append(row)
+  headers = ["anchors x candidates", "mining + loss", "training step", "share"]
+  if baseline is not None:
+    headers += ["baseline miners", "baseline share", "saved by baseline"]
+  body = [[r["case"], common.seconds(r["mining_s"]), common.seconds(r["step_s"]),
+           f"{100 * r['share']:.3g}%"]
+          + ([common.seconds(r["baseline_s"]), f"{100 * r['baseline_share']:.3g}%",
+              f"{-100 * r['saving']:.3g}%"] if baseline is not None else []) for r in rows]
+  print(f"\nmining + triplet loss (forward, backward) as a share of the training step ({model})\n"
+        + common.table(headers, body), flush=True)
+  return {"model": model, "step_s": step["jax_s"], "step_rounds": step_rounds, "rows": rows}
+
+
 def _sizes(text: str) -> tuple[int, ...]:
   try:
     sizes = tuple(int(s) for s in text.split(","))
@@ -232,7 +375,7 @@ def _sizes(text: str) -> tuple[int, ...]:
   return sizes
 
 
-def main(args: Optional[Sequence[str]] = None) -> list[dict]:
+def main(args: Optional[Sequence[str]] = None) -> dict:
   parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench mining",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", type=_sizes, default=SIZES, help="batch sizes, e.g. 64,256,1024")
@@ -242,16 +385,27 @@ def main(args: Optional[Sequence[str]] = None) -> list[dict]:
   parser.add_argument("--calls", type=int, default=10, help="calls per round of ssldml_jax, pml")
   parser.add_argument("--torch_threads", type=int, default=1,
                       help="torch intra-op threads (0: torch's default); see the module doc")
+  parser.add_argument("--baseline_miners", default=None,
+                      help="another version of ssldml_jax/miners.py to time against this one")
+  parser.add_argument("--step_rounds", type=int, default=3,
+                      help="timed training steps for the share of the step (seconds each on CPU)")
+  parser.add_argument("--no_train_step", action="store_true",
+                      help="skip the share of the training step (and its compilation)")
   parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, few repeats")
   parser.add_argument("--no_record", action="store_true",
                       help="do not append the figures to BENCHMARKS.md")
   a = parser.parse_args(args)
-  for key in ("dim", "rounds", "calls"):
+  for key in ("dim", "rounds", "calls", "step_rounds"):
     if getattr(a, key) < 1:
       parser.error(f"--{key}={getattr(a, key)} must be >= 1")
   if a.torch_threads < 0:
     parser.error(f"--torch_threads={a.torch_threads} must be >= 0")
-  sizes, rounds, calls = (QUICK_SIZES, 1, 3) if a.quick else (a.sizes, a.rounds, a.calls)
+  try:
+    baseline = None if a.baseline_miners is None else load_miners(a.baseline_miners)
+  except (ValueError, SyntaxError, ImportError) as e:
+    parser.error(str(e))
+  sizes, rounds, calls, step_rounds = ((QUICK_SIZES, 1, 3, 1) if a.quick else
+                                       (a.sizes, a.rounds, a.calls, a.step_rounds))
   print(common.machine_line(["torch", "pytorch-metric-learning"]), flush=True)
   import torch
   default_threads = torch.get_num_threads()
@@ -262,14 +416,22 @@ def main(args: Optional[Sequence[str]] = None) -> list[dict]:
   try:
     for b in sizes:
       rows += time_size(b, a.dim, rounds=rounds, calls=calls)
+      if baseline is not None:
+        rows += time_baseline(baseline, b, a.dim, rounds=rounds, calls=calls)
   finally:
     torch.set_num_threads(default_threads)
   for r in rows:
-    if r["case"].endswith(f"B={GOAL_B} D=128"):
+    if r["case"].endswith(f"B={GOAL_B} D=128") and r["peer"] in GOALS:
       goal = GOALS[r["peer"]]
       r["goal"] = f">= {goal:g}x: {'met' if r['ratio'] >= goal else 'NOT met'}"
   common.print_comparison(rows, "mining + triplet loss, forward and backward (time per step)")
   print(common.load_line(), flush=True)
+  result = {"rows": rows}
+  if not a.no_train_step:
+    result["train_step_share"] = train_step_share(dim=a.dim, rounds=rounds, calls=calls,
+                                                  step_rounds=step_rounds, quick=a.quick,
+                                                  baseline=baseline)
+    print(common.load_line(), flush=True)
   if not (a.quick or a.no_record):
-    common.record("mining", {"rows": rows})
-  return rows
+    common.record("mining", result)
+  return result
