@@ -6,9 +6,11 @@ ResNet-18 (width 64, embedding 128) on 10 s ECGs at 250 Hz, batch 64 per device,
 Adam with L2 1e-4 and learning rate 1e-4, triplet margin 0.2, DTW mining on signals decimated to
 50 Hz; ``ecg_synth/large`` (~200k unlabeled ECGs, ~8k labeled, like the paper's cohort). Every
 registered method (supervised DML and the supervised baseline for both targets, SimCLR, CLOCS,
-VICReg) and the random encoder. Probes: logistic / ridge, MLP and full fine-tuning; label
-fractions 1%, 10%, 100% and n=1,000; seeds 0, 1, 2; 1,000 patient-bootstrap resamples and 1,000
-permutations per subgroup test. Another dataset with mPCWP labels: ``--config.data.name=...``
+VICReg) and the random encoder, each pretrained with seeds 0, 1, 2 (``pretrain_seeds``); the
+labeled methods also on each label-limited row's patients, for every pretraining and probe seed.
+Probes: logistic / ridge, MLP and full fine-tuning; label fractions 1%, 10%, 100% and n=1,000,
+model selection below 100% on the row's share of validation patients; probe seeds 0, 1, 2;
+1,000 patient-bootstrap resamples; comparisons against the random encoder and SimCLR. Another dataset with mPCWP labels: ``--config.data.name=...``
 and its split names in ``--config.data.{pretrain,train,validation,test}_split``.
 """
 

@@ -9,7 +9,7 @@
 Without ``encoder_workdir`` the encoder is ``config.model`` with random weights (the baseline row
 of every table). With it, the model and the input sampling rate come from the pretrain workdir.
 Label fractions 1%, 10%, 100% of training patients and n=1,000 labeled ECGs; seeds 0, 1, 2;
-1,000 patient-bootstrap resamples and 1,000 permutations. ``:tiny`` is a one-minute run on
+1,000 patient-bootstrap resamples. ``:tiny`` is a one-minute run on
 ``ecg_synth/tiny`` for quick checks.
 """
 

@@ -24,6 +24,7 @@ def get_config(arg=None):
   words = cli.parse_words(arg, ("tiny",))
   c = probe_config.add_probe_section(config_defaults.base_config())
   add_job_keys(c, methods=METHODS)
+  c.pretrain_seeds = (0, 1)
 
   c.data.name = config_defaults.DEFAULT_DATASET
   c.data.sampling_rate = 50
@@ -35,13 +36,14 @@ def get_config(arg=None):
   c.model.dropout = 0.1
   c.mining.decimate = 2            # 50 -> 25 Hz for DTW
   c.optim.learning_rate = 1e-3
-  c.train.num_steps = 300
+  c.train.num_steps = 100
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 100
   c.train.keep_checkpoints = 1
   c.train.eval_batches = 0         # no validation loss: its compile would cost ~10 s a method
 
   p = c.probe
+  p.seeds = (0, 1)
   p.heads = ("linear", "mlp")
   p.fraction_heads = ("linear", "mlp")
   p.mlp.max_steps = 1500
@@ -55,6 +57,8 @@ def get_config(arg=None):
     config_defaults.apply_tiny(c)
     probe_config.apply_tiny_probe(c)
     c.methods = ("ssl_dml_euclidean", "supervised", "vicreg", "random")
+    c.compare_to = "ssl_dml_euclidean"
+    c.pretrain_seeds = (0, 1)
     # Fits 8 fake test devices: 32 ECGs a global batch from the 115 unlabeled / 85 train ECGs.
     c.data.per_device_batch_size = 4
     c.data.eval_per_device_batch_size = 4

@@ -88,6 +88,11 @@ def base_config() -> ml_collections.ConfigDict:
   # fixed rather than estimated so that a run's loss scale does not depend on its data.
   c.task.pcwp_mean = 16.0
   c.task.pcwp_std = 8.0
+  # The labels a supervised pretraining sees: a label row of the training split ('100%': all;
+  # '10%' of its patients; 'n=1000' ECGs), drawn as the probe with seed train_labels_seed draws
+  # it (ssldml_jax.eval.subsets). The main job sets both for each label-limited row.
+  c.task.train_labels = "100%"
+  c.task.train_labels_seed = 0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"

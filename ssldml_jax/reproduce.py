@@ -3,18 +3,34 @@
 1. Builds ``config.data.name`` if it is missing, prints the cohort (ECGs, patients, mPCWP > 18
    prevalence, sex and age bands per split; also ``tables/cohort.*``) and draws one test ECG as
    a standard 12-lead page (``plots/example_ecg.png``).
-2. Pretrains every trainable method of ``config.methods`` (names of ``ssldml_jax.methods``) in
-   ``pretrain/<method>/``, each with its stage of this config (``methods.stage_config``: the
-   shared sections and the keys that method reads).
-3. Probes each encoder, and ``random`` (the same architecture, untrained), in ``probe/<method>/``
-   with the probe's stage of this config (``probe_config.probe_stage_config``).
-4. Writes ``tables/`` (classification, regression, subgroups, label fractions, subgroup tests;
-   Markdown, CSV, LaTeX), ``predictions/<method>.csv`` and ``plots/`` (ROC/PR, calibration, PCA of
-   the test embeddings per method), and prints the main table last.
+2. Pretrains every trainable method of ``config.methods`` (names of ``ssldml_jax.methods``) once
+   per pretraining seed (``config.pretrain_seeds``) in ``pretrain/<method>/seed<k>/``, each with
+   its stage of this config (``methods.stage_config``: the shared sections and the keys that
+   method reads; ``seed`` is the pretraining seed). A method that uses labels is also pretrained,
+   for every label-limited row of the probe (``1%``, ``10%``, ``n=1000``), pretraining seed and
+   probe seed, on that row's labeled patients only (the subset the probe of that seed draws,
+   ``task.train_labels`` / ``task.train_labels_seed`` of its stage), in
+   ``pretrain/<method>/labels_<row>/seed<k>_draw<s>/``, so that no encoder behind a row has seen
+   more labels than the row says. Before the first pretraining of a method that mines from raw
+   distances (SSL-DML) it measures and prints how label-informative the mined positives are
+   (``eval.premise``, ``premise/<method>.json``).
+3. Probes every encoder, and ``random`` (the same architecture, initialised with each
+   pretraining seed), in the matching ``probe/...`` directory with the probe's stage of this
+   config (``probe_config.probe_stage_config``); a labeled method's full encoders are probed at
+   100% of labels only, each of its row encoders in its own row and probe seed only.
+4. Pools each method's probes (``eval.pooling``: every cell averages all its pretraining and
+   probe seeds), compares every method with the random encoder and ``config.compare_to``
+   (``eval.comparisons``), and writes ``tables/`` (classification, regression, subgroups, label
+   fractions, subgroup tests, comparisons, pretext; Markdown, CSV, LaTeX),
+   ``predictions/<method>.csv`` and ``plots/`` (ROC/PR, calibration, PCA of the test embeddings
+   per method), and prints the main table last, with the differences from the random encoder
+   that hold marked ``*``.
 
 One config flows to every stage: an override given here reaches every stage that reads its key
 (each stage's ``config.json`` shows it), and an override that no stage of this job reads (e.g. a
-VICReg key when VICReg is not among ``config.methods``) stops the job with a one-line error.
+VICReg key when VICReg is not among ``config.methods``) stops the job with a one-line error. The
+job sets ``seed`` and ``task.train_labels{,_seed}`` of each stage itself, so its own config has
+none of them.
 
 Every stage is skipped when its outputs exist: a finished pretraining (checkpoint at its last
 step), a finished probe (``probe_results.json``); an interrupted pretraining resumes from its
@@ -23,41 +39,97 @@ checkpoint. Deleting a file or directory redoes just that part (and the report a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import sys
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import ml_collections
+import numpy as np
 
 from ssldml_jax import cli, methods as methods_lib, parallel
 
 # Keys of the main job's own (no stage reads them).
-JOB_KEYS = ("methods", "example_ecg_split")
+JOB_KEYS = ("methods", "example_ecg_split", "pretrain_seeds", "compare_to")
+# Keys the job sets in each stage (so its own config holds none of them).
+STAGE_KEYS = ("seed", "task.train_labels", "task.train_labels_seed")
 
 
 # ------------------------------------------------------------------------------------- config
 
 
 def add_job_keys(c: ml_collections.ConfigDict, *, methods: Sequence[str]) -> None:
-  """The main job's own keys: the methods to run and the split of the example ECG."""
+  """The main job's own keys: the methods, pretraining seeds, the reference of the comparisons
+  and the split of the example ECG; drops the keys the job sets per stage (``STAGE_KEYS``)."""
   c.methods = tuple(methods)       # names of ssldml_jax.methods; 'random' is the untrained encoder
+  c.pretrain_seeds = (0, 1, 2)     # every pretraining (and the random encoder) once per seed
+  c.compare_to = "simclr"          # the reference of the comparisons besides 'random' ('': none)
   c.example_ecg_split = "test"     # the split whose first ECG is drawn as plots/example_ecg.png
+  with c.unlocked():
+    for key in STAGE_KEYS:
+      section, _, leaf = key.rpartition(".")
+      del (c[section] if section else c)[leaf]
 
 
-def stage_configs(config: ml_collections.ConfigDict, root: str,
-                  methods: Sequence[str]) -> dict[str, ml_collections.ConfigDict]:
-  """Every stage's config by stage name: ``pretrain/<m>`` and ``probe/<m>``."""
-  from ssldml_jax.eval import probe_config
+def replicate_config(config: ml_collections.ConfigDict, pretrain_seed: int,
+                     labels: str = "100%", labels_seed: int = 0) -> ml_collections.ConfigDict:
+  """The job's config with the ``STAGE_KEYS`` of one replicate set."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.seed = int(pretrain_seed)
+    c.task.train_labels = labels
+    c.task.train_labels_seed = int(labels_seed)
+  return c
 
-  out = {}
-  for name in methods:
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One pretraining or probe of the job: where it runs, for which method, with what labels."""
+  kind: str                  # 'pretrain' | 'probe'
+  method: str
+  path: str                  # relative to the job's root, e.g. 'probe/supervised/seed0'
+  config: ml_collections.ConfigDict
+  row: str = "100%"          # the label row its encoder and probe see ('100%': every row)
+
+
+def limited_rows(config: ml_collections.ConfigDict) -> list[str]:
+  """The probe's label-limited rows (none when no head trains below 100%)."""
+  from ssldml_jax.eval import subsets
+
+  if not config.probe.fraction_heads:
+    return []
+  return [r for r in subsets.row_names(config) if r != subsets.FULL]
+
+
+def stages(config: ml_collections.ConfigDict, root: str,
+           method_names: Sequence[str]) -> list[Stage]:
+  """Every stage of the job, method by method, each probe after the pretraining of its encoder
+  (module docstring)."""
+  from ssldml_jax.eval import probe_config, subsets
+
+  out = []
+  for name in method_names:
     method = methods_lib.get(name)
-    encoder_dir = None
-    if method.pretrains:
-      out[f"pretrain/{name}"] = methods_lib.stage_config(config, name)
-      encoder_dir = os.path.join(root, "pretrain", name)
-    out[f"probe/{name}"] = probe_config.probe_stage_config(config, name, encoder_dir)
+    for seed in config.pretrain_seeds:
+      replicas = [(f"seed{seed}", subsets.FULL, 0)]
+      if method.uses_labels:
+        replicas += [(f"{subsets.row_slug(row)}/seed{seed}_draw{draw}", row, draw)
+                     for row in limited_rows(config) for draw in config.probe.seeds]
+      for where, row, draw in replicas:
+        replica = replicate_config(config, seed, row, draw)
+        encoder_dir = None
+        if method.pretrains:
+          path = f"pretrain/{name}/{where}"
+          out.append(Stage("pretrain", name, path, methods_lib.stage_config(replica, name), row))
+          encoder_dir = os.path.join(root, path)
+        probe = probe_config.probe_stage_config(replica, name, encoder_dir)
+        if method.uses_labels:  # its encoders saw labels: probe each in its own row only
+          probe.probe.rows = (row,)
+          if row != subsets.FULL:
+            probe.probe.seeds = (draw,)
+        out.append(Stage("probe", name, f"probe/{name}/{where}", probe, row))
   return out
 
 
@@ -70,12 +142,12 @@ def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
-def check_overrides(overrides: Iterable[str], stages: dict[str, ml_collections.ConfigDict],
+def check_overrides(overrides: Iterable[str], job_stages: Sequence[Stage],
                     methods: Sequence[str]) -> None:
   """An override that no stage of this job reads is an error, never silently ignored."""
   read = set(JOB_KEYS)
-  for stage in stages.values():
-    read |= _leaf_keys(stage)
+  for stage in job_stages:
+    read |= _leaf_keys(stage.config)
   for key in overrides:
     if key not in read and not any(r.startswith(key + ".") for r in read):
       raise cli.ConfigError(f"config.{key} is read by no stage of this job (methods: "
@@ -83,23 +155,28 @@ def check_overrides(overrides: Iterable[str], stages: dict[str, ml_collections.C
 
 
 def validate(config: ml_collections.ConfigDict, root: str = "",
-             overrides: Iterable[str] = ()) -> dict[str, ml_collections.ConfigDict]:
-  """Checks the job's keys and every stage's config; returns the stage configs."""
+             overrides: Iterable[str] = ()) -> list[Stage]:
+  """Checks the job's keys and every stage's config; returns the stages."""
   from ssldml_jax import train_lib
   from ssldml_jax.eval import probe_config
 
   methods = cli.check_words(config, "methods", methods_lib.names())
-  stages = stage_configs(config, root, methods)
-  check_overrides(overrides, stages, methods)
-  for name, stage in stages.items():
-    if name.startswith("pretrain/"):
-      train_lib.validate_config(stage)
+  seeds = tuple(cli.get_path(config, "pretrain_seeds"))
+  if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or \
+      len(set(seeds)) != len(seeds):
+    raise cli.ConfigError(f"config.pretrain_seeds={seeds!r} must be distinct integers >= 0")
+  cli.check_choice(config, "compare_to", ("",) + methods_lib.names())
+  job_stages = stages(config, root, methods)
+  check_overrides(overrides, job_stages, methods)
+  for stage in job_stages:
+    if stage.kind == "pretrain":
+      train_lib.validate_config(stage.config)
     else:
-      probe_config.validate(stage)
+      probe_config.validate(stage.config)
   cli.check_choice(config, "example_ecg_split", (config.data.test_split,
                                                  config.data.validation_split,
                                                  config.data.train_split))
-  return stages
+  return job_stages
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -127,23 +204,52 @@ class _Clock:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _drawable_rows(config: ml_collections.ConfigDict, builder) -> tuple[set, list[str]]:
+  """The label rows that can be drawn from the labeled training split, and notes on the others."""
+  from ssldml_jax.data import reader
+  from ssldml_jax.eval import subsets
+
+  labels = reader.read_labels(builder, config.data.train_split)
+  patients = labels["patient_id"][np.isfinite(labels["pcwp"])]
+  ok, notes = {subsets.FULL}, []
+  for row in limited_rows(config):
+    try:
+      subsets.train_label_rows(patients, row, 0)
+      ok.add(row)
+    except ValueError as e:
+      notes.append(f"the {row} row is left out for the methods that use labels: {e}")
+  return ok, notes
+
+
+def _premise(config: ml_collections.ConfigDict, stage: Stage, root: str, chief: bool):
+  """The premise diagnostic of a raw-distance mining method, measured once and kept."""
+  from ssldml_jax.eval import premise
+
+  path = os.path.join(root, "premise", f"{stage.method}.json")
+  if os.path.isfile(path):
+    return premise.load(path)
+  result = premise.measure(stage.config, float(config.task.pcwp_threshold))
+  if chief:
+    premise.save(path, result)
+  return result
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str] = ()) -> dict:
   """The whole job (module docstring); returns the tables of the report by file stem.
 
   ``overrides``: the dotted keys the user set (``cli.overrides()`` from the command line).
   """
   root = os.path.abspath(workdir)
-  stages = validate(config, root, overrides)  # every config error before any work
+  job_stages = validate(config, root, overrides)  # every config error before any work
   methods = config.methods
   import jax
 
   from ssldml_jax import metrics_log, train_lib
   from ssldml_jax.data import build, plot_ecg
-  from ssldml_jax.eval import cohort_table, probe_lib, report, tables
+  from ssldml_jax.eval import cohort_table, premise, probe_lib, tables
 
   os.makedirs(root, exist_ok=True)
-  trained = [m for m in methods if f"pretrain/{m}" in stages]
-  clock = _Clock(total=2 + len(trained) + len(methods) + 1)
+  clock = _Clock(total=3 + len(job_stages))
 
   clock.banner(f"data: {config.data.name}")
   try:
@@ -168,33 +274,82 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
                                f"{config.example_ecg_split})")
   print(f"example ECG: {example_path}", flush=True)
 
-  for method in trained:
-    stage = stages[f"pretrain/{method}"]
-    target = os.path.join(root, "pretrain", method)
-    clock.banner(f"pretrain {method} ({stage.train.num_steps or 'epochs'} steps)")
-    if pretrain_done(target):
-      print(f"done earlier: {target}", flush=True)
+  rows_ok, notes = _drawable_rows(config, builder)
+  if config.compare_to and config.compare_to not in methods:
+    print(f"note: config.compare_to={config.compare_to!r} is not among config.methods: the "
+          "comparisons are against the random encoder only", flush=True)
+  for note in notes:
+    print(f"note: {note}", flush=True)
+  labels = {m: methods_lib.get(m).label for m in methods}
+  premises = {}
+  probes: dict[str, list] = {m: [] for m in methods}
+  for stage in job_stages:
+    target = os.path.join(root, stage.path)
+    if stage.row not in rows_ok:
+      clock.banner(f"{stage.path}: left out (label row {stage.row} cannot be drawn)")
       continue
-    train_lib.train_and_evaluate(stage, target)
-
-  outcomes = []
-  for method in methods:
-    clock.banner(f"probe {method}")
-    target = os.path.join(root, "probe", method)
+    if stage.kind == "pretrain":
+      clock.banner(f"{stage.path} ({stage.config.train.num_steps or 'epochs'} steps)")
+      raw = methods_lib.get(stage.method).raw_distance is not None
+      if raw and stage.method not in premises:
+        premises[stage.method] = _premise(config, stage, root, chief)
+      if pretrain_done(target):
+        print(f"done earlier: {target}", flush=True)
+        continue
+      if raw:
+        print(tables.to_markdown(premise.table([premises[stage.method]], labels,
+                                               float(config.task.pcwp_threshold))), flush=True)
+        print(premise.HOW_TO_READ, flush=True)
+      train_lib.train_and_evaluate(stage.config, target)
+      continue
+    clock.banner(stage.path)
     if chief:
       os.makedirs(target, exist_ok=True)
-      metrics_log.write_config(target, stages[f"probe/{method}"])
-    outcomes.append(probe_lib.run_probe(stages[f"probe/{method}"], target, name=method))
+      metrics_log.write_config(target, stage.config)
+    probes[stage.method].append(probe_lib.run_probe(stage.config, target, name=stage.method,
+                                                    estimate=False))
 
   clock.banner("report")
-  labels = {m: methods_lib.get(m).label for m in methods}
-  made = report.write_report(outcomes, stages[f"probe/{methods[0]}"], root, labels=labels)
-  print(f"tables, predictions and plots in {root}", flush=True)
-  for stem in ("label_fractions_binary", "regression", "classification"):
-    if stem in made:
-      print("\n" + tables.to_markdown(made[stem]), flush=True)
+  made = _report(config, root, probes, premises, notes)
   print(f"total {clock.elapsed()} (m:ss); the cohort is synthetic: these figures say nothing "
         "about real patients.", flush=True)
+  return made
+
+
+def _report(config: ml_collections.ConfigDict, root: str, probes: dict, premises: dict,
+            notes: Sequence[str]) -> dict:
+  """Pools each method's probes, compares the methods, writes and prints the tables."""
+  from ssldml_jax.eval import comparisons, pooling, probe_config, report, tables, targets
+
+  methods = config.methods
+  labels = {m: methods_lib.get(m).label for m in methods}
+  first = next(o for m in methods for o in probes[m])
+  test = pooling.labeled_split(first, config.data.test_split, "test")
+  # The probe's keys as every probe of the job has them, before the per-stage rows and seeds.
+  report_config = probe_config.probe_stage_config(
+      replicate_config(config, config.pretrain_seeds[0]), "", None)
+  pooled, cells = [], {}
+  for name in methods:
+    outcome, evaluation = pooling.pool(report_config, name, probes[name],
+                                       os.path.join(root, "probe", name), test)
+    pooled.append(outcome)
+    cells[name] = evaluation.cells
+  threshold = float(config.task.pcwp_threshold)
+  found = comparisons.compare(
+      cells, ("random", config.compare_to), config.probe.primary_head,
+      {t: targets.values(test, t, threshold) for t in config.probe.targets}, test["patient_id"])
+  labeled = [labels[m] for m in methods if methods_lib.get(m).uses_labels]
+  fraction_note = "; ".join(
+      ([f"the encoders of {', '.join(labeled)} were pretrained on each row's labeled patients "
+        "only"] if labeled else []) + list(notes))
+  made = report.write_report(pooled, report_config, root, labels=labels, comparisons=found,
+                             premises=[premises[m] for m in methods if m in premises],
+                             fraction_note=fraction_note)
+  print(f"tables, predictions and plots in {root}", flush=True)
+  for stem in ("pretext", "comparisons", "label_fractions_binary", "regression",
+               "classification"):
+    if stem in made:
+      print("\n" + tables.to_markdown(made[stem]), flush=True)
   return made
 
 

@@ -20,9 +20,19 @@ def validate_threshold(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks ``config.task``; raises ``cli.ConfigError`` naming the first bad key."""
+  from ssldml_jax.eval import subsets
+
   validate_threshold(config)
   cli.check_range(config, "task.pcwp_mean", low=0.0, high=70.0)
   cli.check_range(config, "task.pcwp_std", low=0.0, positive=True)
+  row = cli.get_path(config, "task.train_labels")
+  try:
+    subsets.parse_row(row if isinstance(row, str) else "")
+  except ValueError:
+    raise cli.ConfigError(f"config.task.train_labels={row!r} must be a label row: '100%' (all), "
+                          "a percentage of training patients ('10%') or a number of labeled "
+                          "ECGs ('n=1000')") from None
+  cli.check_int(config, "task.train_labels_seed", 0)
 
 
 def elevated(pcwp: Any, threshold: float) -> Any:

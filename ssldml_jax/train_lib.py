@@ -89,12 +89,35 @@ def check_splits(config: ml_collections.ConfigDict, info: dict) -> None:
                             f"(has {', '.join(sorted(info['splits']))})")
 
 
-def num_train_steps(config: ml_collections.ConfigDict, info: dict) -> int:
-  """``train.num_steps``, else ``num_epochs`` passes over the training split."""
+def label_records(config: ml_collections.ConfigDict) -> tuple[Optional[np.ndarray], str]:
+  """``(record indices, name)`` of the label row ``config.task.train_labels`` of the labeled
+  training split (``(None, 'all')`` for '100%'), drawn as the probe with seed
+  ``task.train_labels_seed`` draws it (``subsets.train_label_rows`` on the labeled ECGs' patient
+  ids in record order, the order in which the probe embeds them)."""
+  from ssldml_jax.data import reader
+  from ssldml_jax.eval import subsets
+
+  row, seed = config.task.train_labels, int(config.task.train_labels_seed)
+  if row == subsets.FULL:
+    return None, "all"
+  labels = reader.read_labels(pipeline.load_builder(config.data), config.data.train_split)
+  labeled = np.flatnonzero(np.isfinite(labels["pcwp"]))
+  try:
+    rows = subsets.train_label_rows(labels["patient_id"][labeled], row, seed)
+  except ValueError as e:
+    raise cli.ConfigError(f"config.task.train_labels={row!r}: {e}") from None
+  return labeled[rows], f"{row} seed {seed}"
+
+
+def num_train_steps(config: ml_collections.ConfigDict, info: dict,
+                    num_records: Optional[int] = None) -> int:
+  """``train.num_steps``, else ``num_epochs`` passes over the training split (or over its
+  ``num_records`` of a label row)."""
   if config.train.num_steps is not None:
     return int(config.train.num_steps)
   split = config.data[train_split_key(config)]
-  per_epoch = pipeline.steps_per_epoch(info["splits"][split], config.data)
+  size = info["splits"][split] if num_records is None else num_records
+  per_epoch = pipeline.steps_per_epoch(size, config.data)
   return int(config.train.num_epochs) * max(per_epoch, 1)
 
 
@@ -125,6 +148,7 @@ def _map(fn: Callable, mode: str, donate: bool) -> Callable:
 # (logging, checkpoints, data paths, step counts) do not, so runs that differ only there share one
 # compiled program.
 _PROGRAM_KEYS = ("method", "model", "optim", "data.sampling_rate", "train.parallel")
+_DATA_ONLY_TASK_KEYS = ("train_labels", "train_labels_seed")
 
 
 class Program:
@@ -160,6 +184,11 @@ def build_program(config: ml_collections.ConfigDict, total_steps: int) -> Progra
   """The program of a config, shared by runs in one process that differ only in keys that do
   not change the step (a resumed run in a test, the jobs of ``reproduce``): each compiles once."""
   key = methods.project(config, _PROGRAM_KEYS + methods.get(config.method).reads)
+  if "task" in key:  # which labels a run trains on does not change its step
+    with key.unlocked():
+      for leaf in _DATA_ONLY_TASK_KEYS:
+        if leaf in key.task:
+          del key.task[leaf]
   schedule_depends_on_total = config.optim.schedule == "cosine"
   key_json = key.to_json(sort_keys=True)
   return _program(key_json, total_steps if schedule_depends_on_total else 0,
@@ -238,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   info = pipeline.dataset_info(config.data)
   check_splits(config, info)
-  total = num_train_steps(config, info)
+  records, subset = label_records(config) if method.uses_labels else (None, "all")
+  total = num_train_steps(config, info, None if records is None else records.size)
   global_batch = config.data.per_device_batch_size * jax.device_count()
   program = build_program(config, total)
 
@@ -250,7 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cleanup.callback(ckpts.close)
     train_iter = pipeline.make_train_iterator(config.data, seed=config.seed,
                                               split=config.data[train_split_key(config)],
-                                              require_pcwp=method.uses_labels)
+                                              require_pcwp=method.uses_labels, records=records,
+                                              subset=subset)
     cleanup.callback(train_iter.close)
     start = 0
     restored = ckpts.restore_latest(_state_tree(state, run_key))
@@ -272,6 +303,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.message(f"{config.method}: {'resuming at' if start else 'starting'} step {start} of "
                 f"{total} in {workdir} ({jax.device_count()} device(s), global batch "
                 f"{global_batch}, {info['num_samples']} samples at {info['sampling_rate']} Hz)")
+    if records is not None:
+      log.message(f"{config.method}: trains on the {records.size} labeled ECGs of label row "
+                  f"{subset} only" + (f", fewer than the global batch of {global_batch}: each "
+                                      "batch repeats them" if records.size < global_batch else ""))
 
     def save(step: int, p_state: Any) -> None:
       host_state = first_replica(p_state)

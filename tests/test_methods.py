@@ -37,7 +37,7 @@ def test_a_name_is_a_config_file_and_back():
 
 
 def test_stage_config_holds_exactly_what_its_method_reads():
-  full = reproduce_config()
+  full = reproduce.replicate_config(reproduce_config(), 0)
   every = _leaves(full)
   for name in methods.names(pretrained_only=True):
     method = methods.get(name)
@@ -134,15 +134,60 @@ def test_each_section_is_validated_by_its_owner():
 def test_stage_configs_of_the_main_job():
   config = reproduce_config()
   config.methods = ("ssl_dml_dtw", "supervised", "random")
-  stages = reproduce.stage_configs(config, "/r", config.methods)
-  assert sorted(stages) == ["pretrain/ssl_dml_dtw", "pretrain/supervised", "probe/random",
-                            "probe/ssl_dml_dtw", "probe/supervised"]
-  assert stages["probe/random"].encoder_workdir is None
-  assert stages["probe/supervised"].encoder_workdir == "/r/pretrain/supervised"
-  assert stages["probe/supervised"].probe.name == "supervised"
-  assert set(stages["probe/random"].keys()) == {"seed", "data", "model", "task", "probe",
-                                                 "encoder_workdir", "export_splits"}
-  assert set(stages["probe/random"].task.keys()) == {"pcwp_threshold"}
-  for name in ("ssl_dml_dtw", "supervised"):
-    train_lib.validate_config(stages[f"pretrain/{name}"])
-    probe_config.validate(stages[f"probe/{name}"])
+  config.compare_to = "random"
+  config.pretrain_seeds = (0, 4)
+  config.probe.seeds = (0, 1)
+  config.probe.fractions, config.probe.limited_n = (0.1, 1.0), 50
+  stages = {s.path: s for s in reproduce.stages(config, "/r", config.methods)}
+  supervised_rows = [f"{row}/seed{p}_draw{d}" for p in (0, 4)
+                     for row in ("labels_10pct", "labels_n50") for d in (0, 1)]
+  expected = {f"{kind}/{m}/seed{p}" for kind in ("pretrain", "probe")
+              for m in ("ssl_dml_dtw", "supervised") for p in (0, 4)}
+  expected |= {"probe/random/seed0", "probe/random/seed4"}
+  expected |= {f"{kind}/supervised/{w}" for kind in ("pretrain", "probe") for w in supervised_rows}
+  assert set(stages) == expected
+  # Pretraining seeds reach every stage, the random encoder's initialisation too.
+  for path, stage in stages.items():
+    assert stage.config.seed == int(path.split("/seed")[1].split("_")[0]), path
+  assert stages["probe/random/seed4"].config.encoder_workdir is None
+  probe = stages["probe/supervised/labels_n50/seed4_draw1"].config
+  assert probe.encoder_workdir == "/r/pretrain/supervised/labels_n50/seed4_draw1"
+  assert (tuple(probe.probe.rows), tuple(probe.probe.seeds)) == (("n=50",), (1,))
+  assert tuple(stages["probe/supervised/seed0"].config.probe.rows) == ("100%",)
+  assert tuple(stages["probe/ssl_dml_dtw/seed0"].config.probe.rows) == ()
+  pretrain = stages["pretrain/supervised/labels_n50/seed4_draw1"].config
+  assert (pretrain.task.train_labels, pretrain.task.train_labels_seed) == ("n=50", 1)
+  assert stages["pretrain/supervised/seed4"].config.task.train_labels == "100%"
+  assert "task" not in stages["pretrain/ssl_dml_dtw/seed0"].config
+  assert stages["probe/supervised/seed0"].config.probe.name == "supervised"
+  assert set(stages["probe/random/seed0"].config.keys()) == {
+      "seed", "data", "model", "task", "probe", "encoder_workdir", "export_splits"}
+  assert set(stages["probe/random/seed0"].config.task.keys()) == {"pcwp_threshold"}
+  for stage in stages.values():
+    if stage.kind == "pretrain":
+      train_lib.validate_config(stage.config)
+    else:
+      probe_config.validate(stage.config)
+  # The job sets these per stage: its own config has none of them.
+  for key in reproduce.STAGE_KEYS:
+    with pytest.raises(cli.ConfigError, match="is missing"):
+      cli.get_path(config, key)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("pretrain_seeds", (0, 0), r"config\.pretrain_seeds=\(0, 0\) must be distinct"),
+    ("pretrain_seeds", (), r"config\.pretrain_seeds=\(\) must be"),
+    ("compare_to", "byol", r"config\.compare_to='byol' is not allowed; choose one of ''"),
+    ("task.train_labels", "5", None),
+])
+def test_job_keys_are_checked(key, value, message):
+  config = reproduce_config()
+  config.methods = ("simclr", "supervised", "random")
+  if message is None:  # a key the job sets per stage is no key of the job
+    assert key in reproduce.STAGE_KEYS
+    with pytest.raises(cli.ConfigError, match="is missing"):
+      cli.get_path(config, key)
+    return
+  config[key] = value
+  with pytest.raises(cli.ConfigError, match=message):
+    reproduce.validate(config, "/tmp/nowhere")

@@ -52,8 +52,16 @@ def test_thresholded_metrics_match_sklearn(seed):
   assert fns["accuracy"](y, score, ones)[0] == pytest.approx(skm.accuracy_score(y, pred))
   assert fns["sensitivity"](y, score, ones)[0] == pytest.approx(skm.recall_score(y, pred))
   assert fns["specificity"](y, score, ones)[0] == pytest.approx(skm.recall_score(~y, ~pred))
+  assert fns["ppv"](y, score, ones)[0] == pytest.approx(skm.precision_score(y, pred))
+  assert fns["npv"](y, score, ones)[0] == pytest.approx(skm.precision_score(~y, ~pred))
   w = rng.integers(0, 3, size=y.size)
   assert fns["f1"](y, score, w[None])[0] == pytest.approx(skm.f1_score(y, pred, sample_weight=w))
+  assert fns["npv"](y, score, w[None])[0] == pytest.approx(
+      skm.precision_score(~y, ~pred, sample_weight=w))
+  # Always answering the majority class: its accuracy, per weight row.
+  rows = np.stack([np.ones(y.size), w])
+  want = [max(np.average(y, weights=r), 1 - np.average(y, weights=r)) for r in rows]
+  np.testing.assert_allclose(M.majority_accuracy_batch(y, score, rows), want)
 
 
 @pytest.mark.parametrize("criterion", ["f1", "youden"])

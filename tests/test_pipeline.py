@@ -168,6 +168,26 @@ def test_labeled_training_keeps_known_pcwp_only(config, stored):
   np.testing.assert_array_equal(pipeline._known_pcwp(mixed), [1, 3])
 
 
+def test_a_record_subset_smaller_than_a_batch_repeats_only_its_records(config, ecg_synth_tiny):
+  """A label row of 5 ECGs under a global batch of 32: every batch holds those 5 only, each
+  ECG 6 or 7 times (the stream runs through several epochs per batch)."""
+  labels = reader.read_labels(ecg_synth_tiny, "train")
+  chosen = np.array([3, 10, 11, 40, 70])
+  it = pipeline.make_train_iterator(config, seed=1, split="train", require_pcwp=True,
+                                    records=chosen, subset="1% seed 0")
+  try:
+    assert it.num_examples == 5
+    for _ in range(3):
+      ids = _ids(next(it))
+      assert set(ids) == set(labels["ecg_id"][chosen].tolist())
+      assert sorted(np.unique(ids, return_counts=True)[1]) == [6, 6, 6, 7, 7]
+    assert json.loads(it.get_state())["stream"]["subset"] == "1% seed 0"
+  finally:
+    it.close()
+  with pytest.raises(ValueError, match=r"records: 1 indices, which must .* \[0, 85\)"):
+    pipeline.make_train_iterator(config, seed=1, split="train", records=np.array([85]))
+
+
 def test_dataset_info(config, ecg_synth_tiny):
   info = pipeline.dataset_info(config)
   assert info["splits"] == {s: ecg_synth_tiny.info.splits[s].num_examples

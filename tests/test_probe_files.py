@@ -2,6 +2,7 @@
 read back as written (NaN included)."""
 
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -59,26 +60,53 @@ def test_predictions_file(tmp_path):
 def test_outcome_round_trip(tmp_path):
   row = tables.Row(method="enc", target="binary", metric="f1", point=0.7, low=math.nan,
                    high=math.inf, n=12, group="female", fraction="10%")
-  test = subgroups.PermutationResult(metric="auroc", group_a="female", group_b="male",
-                                     value_a=0.8, value_b=0.6, difference=0.2, p_value=math.nan,
-                                     n_permutations=100, n_undefined=3, patients_a=5,
-                                     patients_b=7)
+  test = subgroups.GroupTest(metric="auroc", group_a="female", group_b="male", test="DeLong",
+                             value_a=0.8, value_b=0.6, difference=0.2, low=0.1, high=0.3,
+                             p_value=math.nan, ecgs_a=9, ecgs_b=12, patients_a=5, patients_b=7,
+                             prevalence_a=0.25, prevalence_b=math.nan)
   fits = [{"head": "linear", "target": "binary", "seed": 0, "test": {"auroc": 0.75}}]
   outcome = probe_files.ProbeOutcome(name="enc", workdir=str(tmp_path), rows=[("mlp", row)],
                                      tests=[("linear", "binary", test)], fits=fits)
   assert not probe_files.is_done(str(tmp_path))
   probe_files.save_outcome(str(tmp_path / probe_files.RESULTS_FILE), outcome,
                            {"dataset": "ecg_synth/tiny", "value": np.float32(0.5)})
+  assert not probe_files.is_done(str(tmp_path))  # the fits are missing
+  probe_files.save_fits(outcome.fits_path, [], np.array(["e0"]))
   assert probe_files.is_done(str(tmp_path))
   assert not list(tmp_path.glob("*.tmp"))
   back = probe_files.load_outcome(str(tmp_path))
   (head, got), = back.rows
   assert head == "mlp" and got.point == 0.7 and math.isnan(got.low) and math.isnan(got.high)
-  assert {k: v for k, v in got.__dict__.items() if k not in ("low", "high")} == \
-      {k: v for k, v in row.__dict__.items() if k not in ("low", "high")}
+  assert {k: v for k, v in got.__dict__.items() if k not in ("low", "high", "sd")} == \
+      {k: v for k, v in row.__dict__.items() if k not in ("low", "high", "sd")}
+  assert math.isnan(got.sd)
   (head, target, got), = back.tests
   assert (head, target) == ("linear", "binary") and math.isnan(got.p_value)
-  assert got.difference == 0.2 and got.patients_b == 7
+  assert got == dataclasses.replace(test, prevalence_b=got.prevalence_b, p_value=got.p_value)
+  assert math.isnan(got.prevalence_b)
   assert back.fits == fits and back.name == "enc"
   assert back.predictions_path == str(tmp_path / probe_files.PREDICTIONS_FILE)
   assert back.embeddings_path("test") == str(tmp_path / "embeddings" / "test.npz")
+
+
+def test_fits_round_trip_once_each(tmp_path):
+  """fits.npz holds every distinct fit once (one standing for two seeds too), scores exact."""
+  rng = np.random.default_rng(3)
+  first = fitting.Fit(head="linear", target="binary", fraction="100%", seed=0, n_train=9,
+                      val_scores=rng.random(6), test_scores=rng.random(5), threshold=0.4,
+                      info={"C": 1.0}, n_validation=6, pretrain_seed=3)
+  fits = [first, dataclasses.replace(first, seed=1),
+          fitting.Fit(head="mlp", target="regression", fraction="n=40", seed=2, n_train=40,
+                      val_scores=rng.random(4), test_scores=rng.random(5), threshold=None,
+                      info={}, n_validation=4, pretrain_seed=3)]
+  ids = np.array([f"e{i}" for i in range(5)])
+  path = probe_files.save_fits(str(tmp_path / probe_files.FITS_FILE), fits, ids)
+  assert not list(tmp_path.glob("*.tmp*"))
+  back, back_ids = probe_files.load_fits(path)
+  assert back_ids.tolist() == ids.tolist() and len(back) == 2
+  for want, got in zip((fits[0], fits[2]), back):
+    for key in ("head", "target", "fraction", "seed", "pretrain_seed", "n_train", "n_validation",
+                "threshold"):
+      assert getattr(got, key) == getattr(want, key), key
+    np.testing.assert_array_equal(got.test_scores, want.test_scores)
+    np.testing.assert_array_equal(got.val_scores, want.val_scores)

@@ -3,6 +3,7 @@ its key. (A whole run on ecg_synth/tiny is checked by test_reproduce.py.)"""
 
 import os
 
+import numpy as np
 import pytest
 
 from ssldml_jax import cli
@@ -25,6 +26,7 @@ def test_a_finished_probe_is_read_back_not_redone(tmp_path, capsys):
   saved = probe_files.ProbeOutcome(name="enc", workdir=str(tmp_path), rows=[("linear", row)],
                                    tests=[], fits=[{"seed": 0}])
   probe_files.save_outcome(str(tmp_path / probe_files.RESULTS_FILE), saved, {})
+  probe_files.save_fits(saved.fits_path, [], np.array(["e0"]))
   c = cli.load_config_file(TINY)
   c.data.name = "ecg_synth/missing"  # reading any data would fail
   c.encoder_workdir = "/nowhere/ssl_run"

@@ -38,10 +38,13 @@ def _outcome(name, workdir):
           rows.append((head, tables.Row(method=name, target=target, metric=metric, point=p,
                                         low=p - 0.01, high=p + 0.01, n=20, group=group,
                                         fraction=fraction)))
-  tests = [(head, "binary", subgroups.PermutationResult(
-      metric="auroc", group_a="female", group_b="male", value_a=0.7, value_b=0.6,
-      difference=0.1, p_value=0.2 if head == "linear" else 0.9, n_permutations=10,
-      n_undefined=0, patients_a=5, patients_b=5)) for head in HEADS]
+  rows.append(("linear", tables.Row(method=name, target="binary", metric="majority_accuracy",
+                                    point=0.725, low=0.7, high=0.75, n=20)))
+  tests = [(head, "binary", subgroups.GroupTest(
+      metric="auroc", group_a="female", group_b="male", test="DeLong", value_a=0.7, value_b=0.6,
+      difference=0.1, low=-0.1, high=0.3, p_value=0.2 if head == "linear" else 0.9, ecgs_a=9,
+      ecgs_b=11, patients_a=5, patients_b=5, prevalence_a=0.3, prevalence_b=0.4))
+      for head in HEADS]
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, probe_files.PREDICTIONS_FILE), "w", newline="") as fh:
     w = csv.writer(fh)
@@ -64,15 +67,45 @@ def test_tables_take_each_heads_rows(tmp_path):
     table = made[stem]
     assert [r[0] for r in table.body] == ["Method A", "b"]
     for line, name in zip(table.body, ("a", "b")):
-      got = [tables.parse_cell(cell)[0] for cell in line[2:]]
+      got = [tables.parse_cell(cell)[0] for cell in line[2:2 + len(metrics)]]
       assert got == pytest.approx([_point(name, head, target, m) for m in metrics])
   fractions = made["label_fractions_binary"]
   assert fractions.header == ("Method", "10%", "100%")
   assert tables.parse_cell(fractions.body[1][1])[0] == pytest.approx(
       _point("b", "linear", "binary", "auroc", "10%"))
   assert {r[1] for r in made["subgroups_binary"].body} == {"female", "male"}
-  assert [(r[0], r[-1]) for r in made["subgroup_tests"].body] == [("Method A", "0.200"),
-                                                                  ("b", "0.200")]
+  # The primary head's tests only, Holm-adjusted over the table (two tests of p = 0.2).
+  assert [(r[0], r[-2], r[-1]) for r in made["subgroup_tests"].body] == [
+      ("Method A", "0.200", "0.400"), ("b", "0.200", "0.400")]
+  caption = made["classification"].caption
+  assert "always answering the majority class scores accuracy 0.725" in caption
+  assert "threshold that maximises F1 on each fit's validation scores" in caption
+  assert "*" not in caption  # no comparisons, nothing marked
+
+
+def test_main_table_marks_the_differences_from_random_that_hold(tmp_path):
+  from ssldml_jax.eval import comparisons, significance
+
+  outcomes = [_outcome("a", str(tmp_path / "a")), _outcome("random", str(tmp_path / "r"))]
+
+  def comparison(metric, p_holm, reference="random", fraction="100%"):
+    diff = significance.Difference(0.8, 0.7, 0.1, 0.05, 0.15, p_holm, 100)
+    return comparisons.Comparison("a", reference, "binary", fraction, metric, diff, p_holm)
+
+  found = [comparison("auroc", 0.01), comparison("f1", 0.2), comparison("auprc", 0.01, "b"),
+           comparison("accuracy", 0.01, fraction="10%")]
+  made = report.report_tables(outcomes, _config(), {"a": "Method A"}, comparisons=found)
+  line = made["classification"].body[0]
+  assert line[0] == "Method A"
+  notes = [tables.cell_parts(cell)[4] for cell in line[2:6]]
+  assert notes == ["*", "", "", ""]   # AUROC holds; F1 does not; AUPRC holds against b only
+  assert "* the difference from the random encoder holds" in made["classification"].caption
+  assert all(tables.cell_parts(c)[4] == "" for c in made["classification_mlp"].body[0][2:])
+  assert [r[:5] for r in made["comparisons"].body] == [
+      ("Method A", "random", "binary", "100%", "AUROC"),
+      ("Method A", "random", "binary", "100%", "F1"), ("Method A", "b", "binary", "100%", "AUPRC"),
+      ("Method A", "random", "binary", "10%", "Accuracy")]
+  assert [r[-1] for r in made["comparisons"].body] == ["yes", "no", "yes", "yes"]
 
 
 def test_write_report_files(tmp_path):

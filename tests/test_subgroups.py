@@ -1,4 +1,4 @@
-"""Subgroups: band boundaries, per-group estimates, patient-level permutation tests."""
+"""Subgroups: band boundaries, per-group estimates, tests whose null is an equal metric."""
 
 import numpy as np
 import pytest
@@ -45,32 +45,72 @@ def test_subgroup_estimates_equal_metric_on_subset():
     assert by_metric["auroc"].n_ecgs == m.sum()
 
 
-def test_permutation_pvalues_uniform_under_null():
+def _prevalence_cohort(rng, patients=160, prevalence=(0.2, 0.6), signal=(1.0, 1.0)):
+  """Two groups of patients with their own prevalence and signal strength (binormal scores with
+  a patient effect): equal ``signal`` means equal AUROC whatever the prevalence."""
+  counts = rng.integers(1, 4, patients)
+  pid = np.repeat(np.arange(patients), counts)
+  in_a = np.arange(patients) < patients // 2
+  y_patient = rng.random(patients) < np.where(in_a, prevalence[0], prevalence[1])
+  effect = np.where(in_a, signal[0], signal[1])
+  u = rng.normal(0, 0.6, patients)
+  score = np.repeat(effect * y_patient + u, counts) + rng.normal(0, 0.5, pid.size)
+  return np.repeat(y_patient, counts), score, pid, np.where(np.repeat(in_a, counts), "a", "b")
+
+
+def test_auroc_test_holds_its_level_when_only_prevalence_differs():
+  """Null of equal AUROC with prevalence 20% vs 60%: DeLong's p-values stay near uniform, while
+  AUPRC, which depends on prevalence, differs between the groups for that reason alone."""
   rng = np.random.default_rng(1)
-  pvalues = []
-  for r in range(150):
-    y, score, pid, group = _cohort(rng, informative_a=1.0, informative_b=1.0)
-    res = S.permutation_test(M.auroc_batch, y, score, pid, group, "a", "b",
-                             n_permutations=100, seed=r)
+  pvalues, auprc_gaps = [], []
+  for _ in range(150):
+    y, score, pid, group = _prevalence_cohort(rng)
+    res = S.group_test("auroc", M.auroc_batch, y, score, pid, group, "a", "b",
+                       fits_scores=score[None])
     pvalues.append(res.p_value)
+    a = group == "a"
+    auprc_gaps.append(M.average_precision(y[a], score[a]) - M.average_precision(y[~a], score[~a]))
   pvalues = np.array(pvalues)
-  assert pvalues.min() > 0.0
+  assert res.test == "DeLong"
   assert np.mean(pvalues <= 0.05) <= 0.10
   assert 0.35 <= np.mean(pvalues <= 0.5) <= 0.65
   assert scipy.stats.kstest(pvalues, "uniform").pvalue > 0.01
+  assert np.mean(auprc_gaps) < -0.2  # what a test of the whole distribution would pick up
 
 
-def test_permutation_detects_a_planted_difference():
+def test_auroc_test_detects_a_planted_difference_and_reports_the_groups():
   rng = np.random.default_rng(2)
-  y, score, pid, group = _cohort(rng, patients=120, informative_a=3.0, informative_b=0.0)
-  res = S.permutation_test(M.auroc_batch, y, score, pid, group, "a", "b", n_permutations=500,
-                           name="auroc")
-  assert res.value_a > res.value_b and res.difference == pytest.approx(res.value_a - res.value_b)
-  assert res.value_a == pytest.approx(M.auroc(y[group == "a"], score[group == "a"]))
-  assert res.p_value < 0.01
-  assert res.patients_a + res.patients_b == 120
-  again = S.permutation_test(M.auroc_batch, y, score, pid, group, "a", "b", n_permutations=500)
-  assert again.p_value == res.p_value
+  y, score, pid, group = _prevalence_cohort(rng, patients=200, signal=(3.0, 0.3))
+  res = S.group_test("auroc", M.auroc_batch, y, score, pid, group, "a", "b",
+                     fits_scores=score[None])
+  a = group == "a"
+  assert res.value_a == pytest.approx(M.auroc(y[a], score[a]))
+  assert res.value_b == pytest.approx(M.auroc(y[~a], score[~a]))
+  assert res.difference == pytest.approx(res.value_a - res.value_b)
+  assert res.low < res.difference < res.high and res.p_value < 0.001
+  assert (res.ecgs_a, res.ecgs_b) == (a.sum(), (~a).sum())
+  assert (res.patients_a, res.patients_b) == (100, 100)
+  assert (res.prevalence_a, res.prevalence_b) == pytest.approx((y[a].mean(), y[~a].mean()))
+
+
+def test_other_metrics_use_an_independent_groups_bootstrap():
+  rng = np.random.default_rng(3)
+  pid = np.repeat(np.arange(60), 2)
+  group = np.where(pid < 30, "a", "b")
+  truth = rng.uniform(5, 35, pid.size)
+  pred = truth + rng.normal(0, np.where(group == "a", 2.0, 6.0))
+  res = S.group_test("rmse", M.rmse_batch, truth, pred, pid, group, "a", "b", n_resamples=200,
+                     seed=5)
+  a = group == "a"
+  assert res.test == "bootstrap" and np.isnan(res.prevalence_a)
+  assert res.value_a == pytest.approx(M.rmse(truth[a], pred[a]))
+  # Each group resampled on its own: group a with the seed, group b with seed + 1.
+  va = S.bootstrap.resample_values({"r": M.rmse_batch}, truth[a], pred[a], pid[a],
+                                   n_resamples=200, seed=5)["r"]
+  vb = S.bootstrap.resample_values({"r": M.rmse_batch}, truth[~a], pred[~a], pid[~a],
+                                   n_resamples=200, seed=6)["r"]
+  assert (res.low, res.high) == pytest.approx(tuple(np.quantile(va - vb, [0.025, 0.975])))
+  assert res.difference < 0 and res.p_value < 0.02
 
 
 def test_mixed_patients_error_or_majority():
@@ -79,18 +119,23 @@ def test_mixed_patients_error_or_majority():
   pid = np.array([1, 1, 1, 2, 2, 3, 3, 4])
   group = np.array(["a", "a", "b", "b", "b", "a", "a", "b"])
   with pytest.raises(ValueError, match="patient 1 .*both groups"):
-    S.permutation_test(M.auroc_batch, y, score, pid, group, "a", "b", n_permutations=10)
-  res = S.permutation_test(M.auroc_batch, y, score, pid, group, "a", "b", n_permutations=10,
-                           mixed="majority")
+    S.group_test("f1", M.auroc_batch, y, score, pid, group, "a", "b", n_resamples=10)
+  res = S.group_test("auroc", M.auroc_batch, y, score, pid, group, "a", "b", n_resamples=10,
+                     mixed="majority")
   assert (res.patients_a, res.patients_b) == (2, 2)  # patient 1: two of three ECGs in 'a'
+  assert (res.ecgs_a, res.ecgs_b) == (5, 3)
   assert S.first_per_patient(group, pid).tolist() == ["a"] * 3 + ["b"] * 2 + ["a"] * 2 + ["b"]
 
 
-def test_compare_groups_all_known_pairs():
+def test_compare_groups_all_known_pairs_and_undefined_aurocs():
   rng = np.random.default_rng(3)
-  y, score, pid, group = _cohort(rng)
+  y, score, pid, group = _prevalence_cohort(rng, patients=40)
   group = np.where(pid < 4, "unknown", group)
   results = S.compare_groups({"auroc": M.auroc_batch, "f1": lambda a, b, w: M.f1_batch(
-      a, b, w, threshold=0.0)}, y, score, pid, group, n_permutations=20)
-  assert [(r.group_a, r.group_b, r.metric) for r in results] == [
-      ("a", "b", "auroc"), ("a", "b", "f1")]
+      a, b, w, threshold=0.0)}, y, score, pid, group, fits_scores=score[None], n_resamples=20)
+  assert [(r.group_a, r.group_b, r.metric, r.test) for r in results] == [
+      ("a", "b", "auroc", "DeLong"), ("a", "b", "f1", "bootstrap")]
+  one_class = np.where(group == "a", False, y)  # no positive in group a: no AUROC there
+  (res,) = S.compare_groups({"auroc": M.auroc_batch}, one_class, score, pid, group,
+                            fits_scores=score[None], n_resamples=20)
+  assert np.isnan(res.value_a) and np.isnan(res.p_value) and np.isfinite(res.value_b)

@@ -62,3 +62,41 @@ def test_subsets_of_a_probe_config():
   assert list(drawn) == list(want) and all(np.array_equal(drawn[k], want[k]) for k in want)
   c.probe.limited_n = 61  # more than the split holds: left out, not an error
   assert set(S.draw_subsets(c, pid, seed=3)) == {"100%", "10%"}
+  c.probe.rows = ("n=61", "100%")  # the main job's restriction of one probe to some rows
+  assert S.subset_names(c, "linear") == ["100%", "n=61"]
+  assert S.subset_names(c, "mlp") == ["100%"]
+
+
+def test_a_label_row_is_the_probes_subset_of_the_same_seed():
+  """What a label-limited pretraining trains on is exactly what the probe of that seed draws."""
+  rng = np.random.default_rng(5)
+  pid = rng.permutation(_patients(rng))
+  for seed in (0, 3):
+    drawn = S.label_fraction_subsets(pid, fractions=(0.01, 0.1, 1.0), limited_n=300, seed=seed)
+    for row in ("1%", "10%", "n=300"):
+      np.testing.assert_array_equal(S.train_label_rows(pid, row, seed), drawn[row])
+  assert S.parse_row("10%") == (0.1, None) and S.parse_row("n=1000") == (None, 1000)
+  for bad in ("10", "0%", "n=0", "n=x", "150%"):
+    with pytest.raises(ValueError, match="is not a label row"):
+      S.parse_row(bad)
+  assert [S.row_slug(r) for r in ("1%", "0.5%", "n=1000")] == [
+      "labels_1pct", "labels_0p5pct", "labels_n1000"]
+
+
+def test_validation_rows_shrink_with_the_row_down_to_the_floor():
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
+  rng = np.random.default_rng(6)
+  train = rng.permutation(_patients(rng, 400))
+  val = np.repeat(np.arange(5000, 5100), 2)                   # 100 patients, 200 ECGs
+  rows = S.label_fraction_subsets(train, fractions=(0.01, 0.3, 1.0), limited_n=None, seed=2)
+  kept = {r: S.validation_rows(c, val, train, rows[r], 2) for r in rows}
+  patients = {r: np.unique(val[k]) for r, k in kept.items()}
+  assert patients["100%"].size == 100 and kept["100%"].size == 200
+  assert patients["30%"].size == 30                          # the row's share of patients
+  assert patients["1%"].size == S.MIN_VALIDATION_PATIENTS    # 4 patients would be 1%: the floor
+  assert set(patients["1%"]) < set(patients["30%"])          # nested, like the training rows
+  assert all(np.isin(val, patients[r]).sum() == kept[r].size for r in kept)  # whole patients
+  np.testing.assert_array_equal(S.validation_rows(c, val, train, rows["1%"], 2), kept["1%"])
+  assert not np.array_equal(S.validation_rows(c, val, train, rows["1%"], 3), kept["1%"])
+  c.probe.limited_validation = "full"
+  assert S.validation_rows(c, val, train, rows["1%"], 2).size == 200

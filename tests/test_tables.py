@@ -18,7 +18,7 @@ def _rows():
   return [
       T.Row.from_estimate("SSL-DML", "binary", "auroc", est),
       T.Row("SSL-DML", "binary", "auprc", 0.61, 0.55, 0.67, 500),
-      T.Row("SSL-DML", "binary", "f1", 0.58, 0.52, 0.63, 500),
+      T.Row("SSL-DML", "binary", "f1", 0.58, 0.52, 0.63, 500, sd=0.0123, note="*"),
       T.Row("random_init", "binary", "auroc", 0.7004, 0.6712, 0.7288, 480),
       T.Row("random_init", "binary", "accuracy", 0.7, math.nan, math.nan, 480),
       T.Row("SSL-DML", "regression", "pearson_r", -0.12, -0.2049, -0.0401, 500),
@@ -41,9 +41,11 @@ def _same(a, b):
 
 def test_classification_table_round_trips(tmp_path):
   table = T.classification_table(_rows())
-  assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy")
-  assert table.body[0][:3] == ("SSL-DML", "500", "0.812 (0.790-0.834)")
-  assert table.body[1][1:] == ("480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700")
+  assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy", "Sensitivity",
+                          "Specificity", "PPV", "NPV")
+  assert table.body[0][:5] == ("SSL-DML", "500", "0.812 (0.790-0.834)", "0.610 (0.550-0.670)",
+                               "0.580 (0.520-0.630) \u00b10.012 *")
+  assert table.body[1][1:] == ("480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700") + ("n/a",) * 4
   paths = T.write_table(table, str(tmp_path / "sub" / "classification"))
   md, text_csv, tex = (open(p).read() for p in paths)
   want = _numbers(table)
@@ -57,6 +59,10 @@ def test_classification_table_round_trips(tmp_path):
   assert _same([[T.parse_cell(c, latex=True) for c in r[2:]] for r in tex_body], want)
   assert [r[0] for r in tex_body] == ["SSL-DML", "random\\_init"]
   assert "\\toprule" in tex and "0.812 (0.790--0.834)" in tex
+  assert "0.580 (0.520--0.630) $\\pm$0.012 *" in tex
+  for cell in (md_body[0][4], csv_rows[1][4]):  # SD and note survive every format
+    assert T.cell_parts(cell) == pytest.approx((0.58, 0.52, 0.63, 0.012, "*"))
+  assert T.cell_parts(tex_body[0][4], latex=True) == pytest.approx((0.58, 0.52, 0.63, 0.012, "*"))
 
 
 def test_negative_numbers_and_latex_minus():
@@ -80,10 +86,23 @@ def test_subgroup_fraction_and_pvalue_tables():
   assert frac.body[0] == ("SSL-DML", "0.660 (0.600-0.710)", "0.812 (0.790-0.834)",
                           "0.710 (0.660-0.750)")
   assert frac.body[1] == ("random_init", "n/a", "0.700 (0.671-0.729)", "n/a")
-  result = S.PermutationResult("auroc", "female", "male", 0.8, 0.75, 0.05, 0.0312, 1000, 0, 50, 60)
-  pv = T.pvalue_table([("SSL-DML", result)])
-  assert pv.body[0] == ("SSL-DML", "AUROC", "female vs male", "0.800", "0.750", "0.050", "0.031")
-  assert "| SSL-DML | AUROC | female vs male |" in T.to_markdown(pv)
+  results = [("SSL-DML", "binary", S.GroupTest("auroc", "female", "male", "DeLong", 0.8, 0.75,
+                                                0.05, -0.02, 0.12, 0.012, 100, 120, 40, 50,
+                                                0.3, 0.25)),
+             ("SSL-DML", "regression", S.GroupTest("rmse", "female", "male", "bootstrap", 7.0,
+                                                   8.0, -1.0, -2.0, 0.1, 0.04, 100, 120, 40, 50,
+                                                   math.nan, math.nan)),
+             ("Random", "binary", S.GroupTest("auroc", "18-35", ">=75", "DeLong", 0.7, 0.7,
+                                              0.0, -0.1, 0.1, math.nan, 10, 12, 4, 5, 0.2,
+                                              0.1))]
+  pv = T.group_test_table(results)
+  assert pv.body[0] == ("SSL-DML", "binary", "AUROC", "female vs male", "100 / 120", "40 / 50",
+                        "0.300 / 0.250", "0.800", "0.750", "0.050 (-0.020-0.120)", "DeLong",
+                        "0.012", "0.024")   # Holm over the two defined p-values: 2 x 0.012
+  assert pv.body[1][6] == "n/a" and pv.body[1][-2:] == ("0.040", "0.040")
+  assert pv.body[2][-2:] == ("n/a", "n/a")
+  assert "| SSL-DML | binary | AUROC | female vs male |" in T.to_markdown(pv)
+  assert T.format_p(0.0004) == "<0.001" and T.format_p(0.01234) == "0.012"
 
 
 def test_duplicate_results_are_an_error():

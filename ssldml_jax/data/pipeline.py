@@ -422,14 +422,18 @@ def _known_pcwp(source: Any) -> np.ndarray:
 
 def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
                         split: Optional[str] = None, num_epochs: Optional[int] = None,
-                        require_pcwp: bool = False, num_devices: Optional[int] = None,
+                        require_pcwp: bool = False, records: Optional[np.ndarray] = None,
+                        subset: str = "", num_devices: Optional[int] = None,
                         process_index: Optional[int] = None,
                         process_count: Optional[int] = None) -> Batches:
   """Shuffled, drop-remainder training batches of ``split`` (``config.data.pretrain_split``).
 
   ``num_epochs=None`` repeats forever. ``require_pcwp`` keeps only records with a known mPCWP
-  (the supervised methods: ``split='train'``). The returned iterator has ``get_state()`` /
-  ``set_state(bytes)`` and ``close()``.
+  (the supervised methods: ``split='train'``). ``records``: train on these record indices of the
+  split only (a label subset, named ``subset`` in the stream state); such a subset may hold
+  fewer records than a global batch, whose records then repeat (the stream runs through several
+  epochs within one batch). The returned iterator has ``get_state()`` / ``set_state(bytes)`` and
+  ``close()``.
   """
   builder = load_builder(data_config)
   stored_rate, _ = _stored_format(builder)
@@ -441,11 +445,26 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   index, count = _process(process_index, process_count)
 
   source = reader.Records(builder, split)
+  name = "all"
+  if records is not None:
+    records = np.asarray(records, np.int64)
+    if records.size == 0 or records.min() < 0 or records.max() >= len(source):
+      raise ValueError(f"records: {records.size} indices, which must be non-empty and lie in "
+                       f"[0, {len(source)}) (split {split!r})")
+    name = subset or f"{records.size} records"
+    source = source.subset(records, name)
   if require_pcwp:
-    source = source.subset(_known_pcwp(source), "known_pcwp")
+    known = _known_pcwp(source)
+    if records is not None:
+      if known.size != len(source):
+        raise ValueError(f"records: {len(source) - known.size} of the {len(source)} records of "
+                         f"subset {name!r} have no mPCWP")
+    else:
+      name = "known_pcwp"
+      source = source.subset(known, name)
   local_batch = num_devices * settings["per_device"]
   global_batch = local_batch * count
-  if len(source) < global_batch:
+  if len(source) < global_batch and records is None:
     raise cli.ConfigError(
         f"config.data.per_device_batch_size={settings['per_device']} x {num_devices * count} "
         f"devices = {global_batch} exceeds the {len(source)} training examples of "
@@ -475,7 +494,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
         worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
 
   stream = {"dataset": builder.info.full_name, "split": split, "records": len(source),
-            "subset": "known_pcwp" if require_pcwp else "all", "seed": seed,
+            "subset": name, "seed": seed,
             "shuffle": settings["shuffle"]}
   return Batches(make_loader, settings["prefetch"], stride=global_batch, stream=stream,
                  num_examples=len(source), batch_size=global_batch)

@@ -88,6 +88,22 @@ def resample_values(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patie
   return out
 
 
+def estimate(point: float, values: np.ndarray, *, n_ecgs: int, n_patients: int,
+             level: float = 0.95) -> Estimate:
+  """The ``Estimate`` of a metric from its full-set value and its resampled ``values``."""
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level={level} must lie in (0, 1)")
+  v = np.asarray(values, np.float64)
+  defined = v[np.isfinite(v)]
+  if defined.size:
+    low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+  else:
+    low = high = np.nan
+  return Estimate(point=float(point), low=float(low), high=float(high), n_ecgs=int(n_ecgs),
+                  n_patients=int(n_patients), n_resamples=int(v.size),
+                  n_undefined=int(v.size - defined.size), level=level)
+
+
 def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, *,
                  n_resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, Estimate]:
@@ -99,16 +115,6 @@ def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_
   inverse, num_patients = patient_index(patient_ids)
   values = resample_values(metrics, y, score, patient_ids, n_resamples=n_resamples, seed=seed)
   ones = np.ones((1, inverse.size))
-  out = {}
-  for name, fn in metrics.items():
-    point = float(fn(y, score, ones)[0])
-    v = values[name]
-    defined = v[np.isfinite(v)]
-    if defined.size:
-      low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    else:
-      low = high = np.nan
-    out[name] = Estimate(point=point, low=float(low), high=float(high), n_ecgs=int(inverse.size),
-                         n_patients=num_patients, n_resamples=n_resamples,
-                         n_undefined=int(v.size - defined.size), level=level)
-  return out
+  return {name: estimate(float(fn(y, score, ones)[0]), values[name], n_ecgs=inverse.size,
+                         n_patients=num_patients, level=level)
+          for name, fn in metrics.items()}

@@ -47,6 +47,7 @@ class Encoder:
   sampling_rate: Optional[int]           # Hz the encoder was trained at (None: the dataset's)
   bandpass: Optional[tuple]
   source: str                            # names the weights; part of every cache key
+  seed: int = 0                          # the seed it was pretrained (or initialised) with
 
 
 def random_encoder(config: ml_collections.ConfigDict, seed: int) -> Encoder:
@@ -60,7 +61,7 @@ def random_encoder(config: ml_collections.ConfigDict, seed: int) -> Encoder:
   model = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
   return Encoder(module=module, variables=variables, model_config=config.model,
                  sampling_rate=config.data.sampling_rate, bandpass=config.data.bandpass,
-                 source=f"random init, seed {seed}, model {model}")
+                 source=f"random init, seed {seed}, model {model}", seed=int(seed))
 
 
 def pretrained_encoder(workdir: str) -> Encoder:
@@ -78,7 +79,7 @@ def pretrained_encoder(workdir: str) -> Encoder:
   return Encoder(module=module, variables=jax.tree.map(np.asarray, dict(variables)),
                  model_config=pre_config.model, sampling_rate=pre_config.data.sampling_rate,
                  bandpass=pre_config.data.bandpass,
-                 source=f"{workdir} step {meta.get('step', '?')}")
+                 source=f"{workdir} step {meta.get('step', '?')}", seed=int(pre_config.seed))
 
 
 def load_encoder(config: ml_collections.ConfigDict) -> Encoder:

@@ -1,27 +1,38 @@
-"""The statistics of a probe: table cells from the fits of ``fitting.fit_all``, on the test split.
+"""The statistics of table cells: fits on the test split to estimates, SDs and subgroup tests.
 
-A cell is one (head, target, label subset):
+A cell is one (head, target, label subset) of one method. Its fits are its replicates: one per
+pretraining seed (``Fit.pretrain_seed``: the seed its encoder was pretrained, or for the random
+encoder initialised, with) and probe seed (the label-subset draw and the head's initialisation).
+A fit that stands for several probe seeds (the deterministic linear probe at 100% of labels, the
+same arrays) counts once.
 
-- Thresholds for F1 / accuracy / sensitivity / specificity are chosen on each seed's
-  validation scores and applied to its test scores.
-- The point estimate is the mean over seeds of the metric on the full test split; the interval
-  is the patient-level bootstrap percentile interval of that seed mean (``bootstrap``): each
-  resample of test patients is scored for every seed and the values averaged, so the interval
-  shows test-set uncertainty of the averaged metric.
-- Subgroups (the primary head, 100% of labels): the same estimate within each sex and age band
-  (age at the patient's first ECG), and patient-level permutation tests of the seed-mean metric
-  between the groups of each kind (``subgroups.permutation_test``), on the test predictions.
+- Point: the mean over the cell's fits of the metric on the whole test split; the thresholded
+  metrics use each fit's own threshold, chosen on its validation scores.
+- Interval: the 95% patient-bootstrap percentile interval of that mean (``bootstrap``): each
+  resample of test patients is scored for every fit and the values averaged, so it shows the
+  test-set uncertainty of the averaged metric. Every cell draws the same resamples (seed 0 over
+  the test split's patients), so the replicates of two methods' cells are paired
+  (``comparisons``).
+- SD: the standard deviation (ddof 1) over pretraining seeds of each seed's mean: how much the
+  number moves from one pretraining run to the next, which the interval does not show. NaN with
+  a single pretraining seed.
+- Subgroups (the primary head, 100% of labels): the same within each sex and age band (age at
+  the patient's first ECG), and tests of equal metric between the groups of each kind
+  (``subgroups.compare_groups``: DeLong for AUROC, an independent-groups bootstrap otherwise).
+- The binary target's 100% cell also gets a ``majority_accuracy`` row: the accuracy of always
+  answering the test split's majority class, the floor for the thresholded accuracies.
 
-Seed averaging reuses the bootstrap and permutation code unchanged: the "score" handed to them
-is the row index of each test ECG, and each metric looks up every seed's scores by that index
-(so resampling or regrouping rows moves all seeds' predictions together).
+The bootstrap code scores one "score" vector; to average fits it is handed the row index of each
+test ECG, and each metric looks up every fit's scores by that index (so resampling or regrouping
+rows moves all fits' predictions together).
 
-``fit_records`` gives each fit's own test metrics (the per-seed numbers behind a cell).
+``fit_records`` gives each fit's own test metrics (the numbers behind a cell).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
@@ -30,19 +41,84 @@ from ssldml_jax.eval import bootstrap, metrics as metrics_lib, subgroups, subset
 from ssldml_jax.eval.fitting import Fit
 
 SEX_UNKNOWN, AGE_UNKNOWN = "sex unknown", "age unknown"
+MAJORITY = "majority_accuracy"
+BOOTSTRAP_SEED = 0   # one set of patient resamples for every cell: cells are paired
 
 
-def seed_mean_metrics(fits: Sequence[Fit], names: Sequence[str]) -> dict[str, metrics_lib.MetricFn]:
-  """Metrics of the seed mean, called with the test ROW INDEX as the score (module docstring)."""
-  per_seed = [(targets.metric_fns(f.target, f.threshold, names), f.test_scores) for f in fits]
+@dataclasses.dataclass
+class MetricCell:
+  """One metric of one cell: the estimate, its bootstrap replicates and the pretraining SD."""
+  estimate: bootstrap.Estimate
+  replicates: np.ndarray    # (n_bootstrap,) the fits' mean on each resample (NaN: undefined)
+  sd: float                 # over pretraining seeds; NaN with one
+
+
+@dataclasses.dataclass
+class Cell:
+  """A method's (head, target, label subset) on the whole test split (group 'all')."""
+  head: str
+  target: str
+  fraction: str
+  fits: list
+  metrics: dict             # metric -> MetricCell
+
+
+class Evaluation(NamedTuple):
+  rows: list                # (head, tables.Row)
+  tests: list               # (head, target, subgroups.GroupTest)
+  cells: dict               # (head, target, fraction) -> Cell
+
+
+def unique_fits(fits: Sequence[Fit]) -> list[Fit]:
+  """The distinct fits: one that stands for several seeds (the same arrays) counts once."""
+  seen, out = set(), []
+  for f in fits:
+    if id(f.test_scores) not in seen:
+      seen.add(id(f.test_scores))
+      out.append(f)
+  return out
+
+
+def seed_mean_metrics(fits: Sequence[Fit],
+                      names: Sequence[str]) -> dict[str, metrics_lib.MetricFn]:
+  """Metrics of the fits' mean, called with the test ROW INDEX as the score (module docstring)."""
+  per_fit = [(targets.metric_fns(f.target, f.threshold, names), f.test_scores) for f in fits]
 
   def make(name):
     def fn(y, index, weights):
       rows = np.asarray(index).astype(np.int64)
-      return np.mean([m[name](y, s[rows], weights) for m, s in per_seed], axis=0)
+      return np.mean([m[name](y, s[rows], weights) for m, s in per_fit], axis=0)
     return fn
 
   return {name: make(name) for name in names}
+
+
+def pretrain_sd(fits: Sequence[Fit], names: Sequence[str], y, index) -> dict[str, float]:
+  """SD over pretraining seeds of each seed's mean metric on the full rows (NaN with one seed)."""
+  seeds = sorted({f.pretrain_seed for f in fits})
+  if len(seeds) < 2:
+    return {name: float("nan") for name in names}
+  ones = np.ones((1, len(index)))
+  per_seed = []
+  for seed in seeds:
+    fns = seed_mean_metrics([f for f in fits if f.pretrain_seed == seed], names)
+    per_seed.append({name: float(fn(y, index, ones)[0]) for name, fn in fns.items()})
+  return {name: float(np.std([v[name] for v in per_seed], ddof=1)) for name in names}
+
+
+def cell_metrics(fits: Sequence[Fit], names: Sequence[str], y, index, patient_ids, *,
+                 n_bootstrap: int) -> dict[str, MetricCell]:
+  """Every metric of ``names`` for the mean of ``fits`` on the rows ``index`` of the test split."""
+  fns = seed_mean_metrics(fits, names)
+  values = bootstrap.resample_values(fns, y, index, patient_ids, n_resamples=n_bootstrap,
+                                     seed=BOOTSTRAP_SEED)
+  _, num_patients = bootstrap.patient_index(patient_ids)
+  ones = np.ones((1, len(index)))
+  sds = pretrain_sd(fits, names, y, index)
+  return {name: MetricCell(
+      estimate=bootstrap.estimate(float(fn(y, index, ones)[0]), values[name], n_ecgs=len(index),
+                                  n_patients=num_patients),
+      replicates=values[name], sd=sds[name]) for name, fn in fns.items()}
 
 
 def subgroups_of(test: dict) -> dict[str, np.ndarray]:
@@ -54,44 +130,61 @@ def subgroups_of(test: dict) -> dict[str, np.ndarray]:
   return {"sex": sex, "age": age}
 
 
+def _row(name: str, target: str, metric: str, cell: MetricCell, **kwargs) -> tables.Row:
+  return tables.Row.from_estimate(name, target, metric, cell.estimate, sd=cell.sd, **kwargs)
+
+
+def _majority_row(name: str, y, index, pids, n_bootstrap: int) -> tables.Row:
+  fn = {MAJORITY: metrics_lib.majority_accuracy_batch}
+  est = bootstrap.bootstrap_ci(fn, y, index, pids, n_resamples=n_bootstrap, seed=BOOTSTRAP_SEED)
+  return tables.Row.from_estimate(name, "binary", MAJORITY, est[MAJORITY])
+
+
 def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
-             name: str) -> tuple[list, list]:
-  """Table rows ``(head, Row)`` and subgroup tests ``(head, target, PermutationResult)``."""
+             name: str) -> Evaluation:
+  """Rows, subgroup tests and cells of one method from all its fits (every replicate)."""
   p = config.probe
   threshold = float(config.task.pcwp_threshold)
   index = np.arange(len(test["ecg_id"]), dtype=np.float64)
   pids = test["patient_id"]
   groups = subgroups_of(test)
-  rows, tests = [], []
-  cells = list(dict.fromkeys((f.head, f.target, f.fraction) for f in fits))
-  for head, target, fraction in cells:
-    chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, fraction)]
-    # A fit standing for several seeds (the linear probe at 100%) counts once.
-    chosen = list({id(f.test_scores): f for f in chosen}.values())
+  rows, tests, cells = [], [], {}
+  keys = list(dict.fromkeys((f.head, f.target, f.fraction) for f in fits))
+  for head, target, fraction in keys:
+    chosen = unique_fits([f for f in fits if (f.head, f.target, f.fraction) ==
+                          (head, target, fraction)])
     y = targets.values(test, target, threshold)
-    fns = seed_mean_metrics(chosen, targets.metric_names(target))
-    estimates = bootstrap.bootstrap_ci(fns, y, index, pids, n_resamples=p.n_bootstrap, seed=0)
-    rows += [(head, tables.Row.from_estimate(name, target, metric, est, fraction=fraction))
-             for metric, est in estimates.items()]
-    if head != p.primary_head or fraction != subsets.FULL:
+    names = targets.metric_names(target)
+    metric_cells = cell_metrics(chosen, names, y, index, pids, n_bootstrap=p.n_bootstrap)
+    cells[head, target, fraction] = Cell(head, target, fraction, chosen, metric_cells)
+    rows += [(head, _row(name, target, metric, c, fraction=fraction))
+             for metric, c in metric_cells.items()]
+    if fraction != subsets.FULL:
+      continue
+    if target == "binary":
+      rows.append((head, _majority_row(name, y, index, pids, p.n_bootstrap)))
+    if head != p.primary_head:
       continue
     test_names = tuple(p.binary_test_metrics if target == "binary" else p.regression_test_metrics)
+    fns = seed_mean_metrics(chosen, names)
+    scores = np.stack([f.test_scores for f in chosen])
     for kind, g in groups.items():
-      by_group = subgroups.subgroup_estimates(fns, y, index, pids, g, n_resamples=p.n_bootstrap,
-                                              seed=0)
-      for group, per_metric in by_group.items():
-        rows += [(head, tables.Row.from_estimate(name, target, metric, est, group=group))
-                 for metric, est in per_metric.items()]
+      for group in subgroups.group_order(g):
+        m = g == group
+        for metric, c in cell_metrics(chosen, names, y[m], index[m], pids[m],
+                                      n_bootstrap=p.n_bootstrap).items():
+          rows.append((head, _row(name, target, metric, c, group=group)))
       unknown = SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN
       known = [x for x in subgroups.group_order(g) if x != unknown]
       pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1:]]
       if not test_names or not pairs:
         continue
       results = subgroups.compare_groups({m: fns[m] for m in test_names}, y, index, pids, g,
-                                         pairs=pairs, n_permutations=p.n_permutations, seed=0,
+                                         pairs=pairs, fits_scores=scores,
+                                         n_resamples=p.n_bootstrap, seed=BOOTSTRAP_SEED,
                                          mixed="majority")
       tests += [(head, target, r) for r in results]
-  return rows, tests
+  return Evaluation(rows, tests, cells)
 
 
 def fit_records(fits: Sequence[Fit], test: dict, threshold: float) -> list[dict]:
@@ -102,5 +195,6 @@ def fit_records(fits: Sequence[Fit], test: dict, threshold: float) -> list[dict]
     fns = targets.metric_fns(f.target, f.threshold)
     values = {k: float(fn(y, f.test_scores, None)[0]) for k, fn in fns.items()}
     out.append(dict(head=f.head, target=f.target, fraction=f.fraction, seed=f.seed,
-                    n_train=f.n_train, threshold=f.threshold, **f.info, test=values))
+                    pretrain_seed=f.pretrain_seed, n_train=f.n_train, n_validation=f.n_validation,
+                    threshold=f.threshold, **f.info, test=values))
   return out

@@ -6,6 +6,8 @@
 - Subsets: ``subsets.subset_names`` of the head, drawn anew for every seed; a seed also seeds
   the initialisation of the MLP and fine-tuned heads. At 100% the linear probe is deterministic,
   so it is fit once and that fit stands for every seed (the same ``Fit`` arrays).
+- Validation: model selection of a label-limited subset sees only ``subsets.validation_rows``
+  (``probe.limited_validation``); ``Fit.n_validation`` records how many ECGs.
 - Labels of every split come from ``targets.values``. A subset on which a head cannot be fit
   (one class only, say) is left out with a message; the whole training split failing is a
   config error.
@@ -36,6 +38,8 @@ class Fit:
   val_scores: np.ndarray
   threshold: Optional[float]
   info: dict                        # chosen L2 strength, best step ...
+  n_validation: int = 0             # validation ECGs model selection saw
+  pretrain_seed: int = 0            # the seed the encoder was pretrained (or initialised) with
 
 
 def fit_head(head: str, target: str, seed: int, x_tr, y_tr, x_va, y_va, x_te, *,
@@ -121,13 +125,15 @@ def fit_all(config: ml_collections.ConfigDict, emb: Mapping[str, dict],
                          if (f.head, f.target, f.fraction) == (head, target, subsets.FULL))
             fits.append(dataclasses.replace(first, seed=seed))
             continue
+          vdx = subsets.validation_rows(config, val["patient_id"], train["patient_id"], idx, seed)
           ft_data = None
           if head == "finetune":
-            ft_data = (encoder, {k: v[idx] for k, v in train_raw.items()}, val_raw, test_raw)
+            ft_data = (encoder, {k: v[idx] for k, v in train_raw.items()},
+                       {k: v[vdx] for k, v in val_raw.items()}, test_raw)
           try:
             res, info = fit_head(head, target, seed, train["embedding"][idx], y_train[idx],
-                                 val["embedding"], y_val, test["embedding"], config=config,
-                                 finetune_data=ft_data)
+                                 val["embedding"][vdx], y_val[vdx], test["embedding"],
+                                 config=config, finetune_data=ft_data)
           except ValueError as e:
             if fraction == subsets.FULL:  # the whole training split is unusable: say why, stop
               raise cli.ConfigError(f"probe {head} {target} on the whole training split: "
@@ -138,6 +144,6 @@ def fit_all(config: ml_collections.ConfigDict, emb: Mapping[str, dict],
           fits.append(Fit(head=head, target=target, fraction=fraction, seed=seed,
                           n_train=int(len(idx)), test_scores=np.asarray(res.test_scores),
                           val_scores=np.asarray(res.val_scores), threshold=res.threshold,
-                          info=info))
+                          info=info, n_validation=int(len(vdx))))
       log(f"probe: {head} {target}: {count} fit(s) in {time.perf_counter() - start:.1f} s")
   return fits

@@ -17,7 +17,7 @@ Ties in the scores are handled like scikit-learn: AUROC counts a tied positive/n
 one half (the trapezoid under the ROC curve), and average precision moves through tied scores as
 one threshold.
 
-Thresholds. F1, accuracy, sensitivity and specificity need a decision threshold; it is chosen on
+Thresholds. F1, accuracy, sensitivity, specificity, PPV and NPV need a decision threshold; it is chosen on
 the VALIDATION split with ``choose_threshold`` (maximum F1 by default, or Youden's J) and then
 applied unchanged to the test split. A positive prediction is ``score >= threshold``.
 """
@@ -31,7 +31,8 @@ import numpy as np
 # (y, score, weights (R, n)) -> (R,) values; NaN where undefined.
 MetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
-CLASSIFICATION_METRICS = ("auroc", "auprc", "f1", "accuracy", "sensitivity", "specificity")
+CLASSIFICATION_METRICS = ("auroc", "auprc", "f1", "accuracy", "sensitivity", "specificity", "ppv",
+                          "npv")
 REGRESSION_METRICS = ("rmse", "mae", "pearson_r")
 
 
@@ -208,14 +209,39 @@ def accuracy_batch(y, score, weights, *, threshold: float) -> np.ndarray:
   return _divide(tp + tn, tp + fp + fn + tn)
 
 
+def _share(y, score, weights, threshold: float, part: str, rest: str) -> np.ndarray:
+  """``part / (part + rest)`` of the confusion counts ('tp', 'fp', 'fn', 'tn')."""
+  counts = dict(zip(("tp", "fp", "fn", "tn"), _confusion(y, score, weights, threshold)))
+  return _divide(counts[part], counts[part] + counts[rest])
+
+
 def sensitivity_batch(y, score, weights, *, threshold: float) -> np.ndarray:
-  tp, _, fn, _ = _confusion(y, score, weights, threshold)
-  return _divide(tp, tp + fn)
+  """TP / (TP + FN)."""
+  return _share(y, score, weights, threshold, "tp", "fn")
 
 
 def specificity_batch(y, score, weights, *, threshold: float) -> np.ndarray:
-  _, fp, _, tn = _confusion(y, score, weights, threshold)
-  return _divide(tn, tn + fp)
+  """TN / (TN + FP)."""
+  return _share(y, score, weights, threshold, "tn", "fp")
+
+
+def ppv_batch(y, score, weights, *, threshold: float) -> np.ndarray:
+  """Positive predictive value (precision): TP / (TP + FP); NaN when nothing is called positive."""
+  return _share(y, score, weights, threshold, "tp", "fp")
+
+
+def npv_batch(y, score, weights, *, threshold: float) -> np.ndarray:
+  """Negative predictive value: TN / (TN + FN); NaN when nothing is called negative."""
+  return _share(y, score, weights, threshold, "tn", "fn")
+
+
+def majority_accuracy_batch(y, score, weights) -> np.ndarray:
+  """Accuracy of always answering the majority class of each weight row (ignores ``score``):
+  the floor a thresholded classifier's accuracy must be read against."""
+  y = check_binary("y", y)
+  w = _weights(weights, y.size)
+  positive = w @ y
+  return _divide(np.maximum(positive, w.sum(axis=1) - positive), w.sum(axis=1))
 
 
 def classification_metrics(threshold: float,
@@ -228,6 +254,8 @@ def classification_metrics(threshold: float,
       "accuracy": lambda y, s, w: accuracy_batch(y, s, w, threshold=threshold),
       "sensitivity": lambda y, s, w: sensitivity_batch(y, s, w, threshold=threshold),
       "specificity": lambda y, s, w: specificity_batch(y, s, w, threshold=threshold),
+      "ppv": lambda y, s, w: ppv_batch(y, s, w, threshold=threshold),
+      "npv": lambda y, s, w: npv_batch(y, s, w, threshold=threshold),
   }
   return _select(every, names)
 

@@ -16,7 +16,7 @@ from ssldml_jax import cli, models, task
 
 TARGETS = ("binary", "regression")
 HEADS = ("linear", "mlp", "finetune")
-# The metrics compared between subgroups by the permutation test, per target.
+# The metrics compared between subgroups (DeLong for AUROC, a bootstrap otherwise), per target.
 DEFAULT_TEST_METRICS = {"binary": ("auroc",), "regression": ("rmse",)}
 
 
@@ -36,8 +36,10 @@ def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   p.fraction_heads = ("linear", "mlp")  # heads also run below 100% (the others at 100% only)
   p.seeds = (0, 1, 2)                 # label-subset draw and head initialisation
   p.threshold_criterion = "f1"        # f1 | youden, maximised on the validation split
-  p.n_bootstrap = 1000                # patient resamples per 95% confidence interval
-  p.n_permutations = 1000             # patient-label shuffles per subgroup test
+  # Model selection below 100% of labels: 'fraction' (the row's share of validation patients,
+  # at least subsets.MIN_VALIDATION_PATIENTS) or 'full' (the whole validation split).
+  p.limited_validation = "fraction"
+  p.n_bootstrap = 1000                # patient resamples per 95% confidence interval / test
   p.binary_test_metrics = DEFAULT_TEST_METRICS["binary"]
   p.regression_test_metrics = DEFAULT_TEST_METRICS["regression"]
 
@@ -66,12 +68,14 @@ def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def add_entry_keys(c: ml_collections.ConfigDict, *, name: str = "",
                    encoder_workdir: Optional[str] = None) -> ml_collections.ConfigDict:
-  """The keys of one probe run: the encoder, the row name and the splits to export."""
+  """The keys of one probe run: the encoder, the row name, its label rows and the splits to
+  export."""
   with c.unlocked():
     c.encoder_workdir = config_dict.placeholder(str)  # None: a randomly initialised encoder.
     c.encoder_workdir = encoder_workdir
     c.export_splits = ""    # comma-separated splits to export as .npz (ssldml_jax.eval.embed)
     c.probe.name = name     # row label in the tables; "": the encoder workdir's name
+    c.probe.rows = ()       # label rows to fit ('1%', '100%', 'n=1000'); (): every row
   return c
 
 
@@ -90,7 +94,6 @@ def apply_tiny_probe(c: ml_collections.ConfigDict) -> None:
   p.limited_n = 40
   p.seeds = (0,)
   p.n_bootstrap = 50
-  p.n_permutations = 50
   p.mlp.hidden_dim = 16
   p.mlp.batch_size = 16
   p.mlp.max_steps = 100
@@ -105,7 +108,7 @@ def apply_tiny_probe(c: ml_collections.ConfigDict) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every probe key; raises ``cli.ConfigError`` naming the first bad one."""
   from ssldml_jax.data import pipeline
-  from ssldml_jax.eval import metrics
+  from ssldml_jax.eval import metrics, subsets
 
   pipeline.validate(c)
   models.validate(c)
@@ -126,8 +129,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       len(set(seeds)) != len(seeds):
     raise cli.ConfigError(f"config.probe.seeds={seeds!r} must be distinct integers >= 0")
   cli.check_choice(c, "probe.threshold_criterion", ("f1", "youden"))
+  cli.check_choice(c, "probe.limited_validation", subsets.VALIDATION_CHOICES)
   cli.check_int(c, "probe.n_bootstrap", 1)
-  cli.check_int(c, "probe.n_permutations", 1)
   cli.check_words(c, "probe.binary_test_metrics", metrics.CLASSIFICATION_METRICS,
                   nonempty=False)
   cli.check_words(c, "probe.regression_test_metrics", metrics.REGRESSION_METRICS, nonempty=False)
@@ -147,6 +150,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if encoder_workdir is not None and not isinstance(encoder_workdir, str):
     raise cli.ConfigError(f"config.encoder_workdir={encoder_workdir!r} must be a directory or "
                           "None (a randomly initialised encoder)")
+  cli.check_words(c, "probe.rows", subsets.row_names(c), nonempty=False)
   if not isinstance(cli.get_path(c, "probe.name"), str):
     raise cli.ConfigError(f"config.probe.name={c.probe.name!r} must be text (the row label)")
   if not isinstance(cli.get_path(c, "export_splits"), str):

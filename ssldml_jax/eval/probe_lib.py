@@ -4,8 +4,9 @@ It embeds the labeled splits with the frozen encoder (``embed``, cached in
 ``<workdir>/embeddings/``, with any ``config.export_splits``), keeps the ECGs with known labels
 (``subsets.labeled``), trains every head of ``config.probe.heads`` on every target, label
 fraction and seed (``fitting``), estimates the table cells and subgroup tests on the test split
-(``estimates``), and writes ``probe_results.json`` and ``predictions.csv`` (``probe_files``). A
-workdir that already holds ``probe_results.json`` is not probed again. Tables and plots over one
+(``estimates``), and writes ``fits.npz``, ``probe_results.json`` and ``predictions.csv``
+(``probe_files``); every fit is tagged with the seed its encoder was pretrained (or initialised)
+with. A workdir that already holds them is not probed again. Tables and plots over one
 or many probes: ``report.write_report``.
 
 The pieces, by job: ``targets`` (what a label is), ``subsets`` (which labels a head sees),
@@ -15,6 +16,7 @@ The pieces, by job: ``targets`` (what a label is), ``subsets`` (which labels a h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -52,9 +54,13 @@ def _check_splits(config: ml_collections.ConfigDict, available, dataset: str) ->
   return split_names, extra
 
 
-def run_probe(config: ml_collections.ConfigDict, workdir: str,
-              name: Optional[str] = None) -> ProbeOutcome:
-  """Probes the encoder of ``config.encoder_workdir`` (None: random); see the module docstring."""
+def run_probe(config: ml_collections.ConfigDict, workdir: str, name: Optional[str] = None, *,
+              estimate: bool = True) -> ProbeOutcome:
+  """Probes the encoder of ``config.encoder_workdir`` (None: random); see the module docstring.
+
+  ``estimate=False`` leaves the table rows and subgroup tests out of ``probe_results.json``: the
+  main job computes them once from the fits of all of a method's probes (``pooling``).
+  """
   probe_config.validate(config)
   workdir = os.path.abspath(workdir)
   name = name or _default_name(config)
@@ -89,13 +95,18 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str,
     return (encoder, *loaded)
 
   fits = fitting.fit_all(config, emb, finetune_splits, log=lambda m: print(m, flush=True))
-  rows, tests = estimates.evaluate(config, fits, emb["test"], name)
+  # replace() keeps the score arrays, so a fit standing for several seeds still counts once.
+  fits = [dataclasses.replace(f, pretrain_seed=encoder.seed) for f in fits]
+  rows, tests = [], []
+  if estimate:
+    rows, tests, _ = estimates.evaluate(config, fits, emb["test"], name)
   outcome = ProbeOutcome(name=name, workdir=workdir, rows=rows, tests=tests,
                          fits=estimates.fit_records(fits, emb["test"],
                                                     float(config.task.pcwp_threshold)))
   if jax.process_index() == 0:  # every process computed the same; one writes
     probe_files.write_predictions(os.path.join(workdir, probe_files.PREDICTIONS_FILE), config,
                                   fits, emb)
+    probe_files.save_fits(outcome.fits_path, fits, emb["test"]["ecg_id"])
     probe_files.save_outcome(os.path.join(workdir, probe_files.RESULTS_FILE), outcome,
                              {"source": encoder.source, "dataset": data_config.name,
                               "config": json.loads(config.to_json_best_effort())})

@@ -1,10 +1,14 @@
 """The report over many probes (one per encoder): the paper's tables, predictions and plots.
 
 ``report_tables`` collects the rows of every ``ProbeOutcome`` into the tables by file stem (the
-primary head's unsuffixed, other heads' ``_<head>``); ``write_report`` writes them under a root
-directory with each probe's ``predictions.csv`` and the figures (ROC / PR and calibration of the
-primary head's binary scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's
-name to its row label.
+primary head's unsuffixed, other heads' ``_<head>``), with the subgroup tests Holm-adjusted over
+their table and, from the main job, the ``comparisons`` (the cells whose difference from the
+random encoder holds are marked ``*`` in the main tables) and the ``pretext`` table of the
+premise diagnostic; ``write_report`` writes them under a root directory with each probe's
+``predictions.csv`` and the figures (ROC / PR and calibration of the primary head's binary
+scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's name to its row
+label. Every caption names what its numbers are: the threshold rule of the thresholded metrics,
+the majority-class accuracy to read accuracy against, the validation data of label-limited rows.
 """
 
 from __future__ import annotations
@@ -18,22 +22,60 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssldml_jax.eval import embed, probe_files, tables
+from ssldml_jax.eval import comparisons as comparisons_lib, embed, estimates, premise as premise_lib
+from ssldml_jax.eval import probe_files, subsets, tables
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
-_HEAD_WORDS = {"linear": "logistic / ridge probe", "mlp": "MLP probe", "finetune": "fine-tuned"}
+HEAD_WORDS = {"linear": "logistic / ridge probe", "mlp": "MLP probe", "finetune": "fine-tuned"}
+_CRITERIA = {"f1": "maximises F1", "youden": "maximises Youden's J"}
+CELL_WORDS = ("mean over seeds, 95% patient-bootstrap CI, \u00b1 SD over pretraining seeds where "
+              "there are several")
 
 
 def _relabel(row: tables.Row, labels: Mapping[str, str]) -> tables.Row:
   return dataclasses.replace(row, method=labels.get(row.method, row.method))
 
 
+def _mark(rows: Sequence[tables.Row], holding: set) -> list:
+  """Rows whose (method label, target, fraction, metric) is in ``holding`` get the note '*'."""
+  return [dataclasses.replace(r, note="*") if (r.method, r.target, r.fraction, r.metric)
+          in holding else r for r in rows]
+
+
+def _validation_words(config: ml_collections.ConfigDict) -> str:
+  if config.probe.limited_validation == "full":
+    return "model selection on the whole validation split in every row"
+  return ("model selection in a label-limited row on the row's share of validation patients "
+          f"(at least {subsets.MIN_VALIDATION_PATIENTS})")
+
+
+def _classification_caption(config: ml_collections.ConfigDict, what: str, rows, marked: bool):
+  majority = [r.point for r in rows if r.metric == estimates.MAJORITY and r.fraction ==
+              subsets.FULL and r.group == "all"]
+  text = (f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg), {what}, test split: "
+          f"{CELL_WORDS}. F1, accuracy, sensitivity, specificity, PPV and NPV at the threshold "
+          f"that {_CRITERIA[config.probe.threshold_criterion]} on each fit's validation scores")
+  if majority:
+    text += (f"; always answering the majority class scores accuracy {majority[0]:.3f}, the "
+             "floor to read accuracy against")
+  if marked:
+    text += ("; * the difference from the random encoder holds (paired patient bootstrap, "
+             "Holm-adjusted over the comparisons table)")
+  return text
+
+
 def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.ConfigDict,
-                  labels: Optional[Mapping[str, str]] = None) -> dict[str, tables.Table]:
+                  labels: Optional[Mapping[str, str]] = None, *,
+                  comparisons: Sequence[comparisons_lib.Comparison] = (),
+                  premises: Sequence[premise_lib.Premise] = (),
+                  fraction_note: str = "") -> dict[str, tables.Table]:
   """Every table of the paper by file stem: the primary head's unsuffixed, other heads'
-  ``_<head>``."""
+  ``_<head>``; ``comparisons`` and ``pretext`` when given; ``fraction_note`` ends the captions
+  of the label-fraction tables (what the encoders behind their rows saw)."""
   p = config.probe
   labels = labels or {}
+  holding = {(labels.get(m, m), target, fraction, metric) for m, target, fraction, metric in
+             comparisons_lib.holding(comparisons, "random")}
   rows_by_head: dict[str, list] = {}
   for o in outcomes:
     for head, row in o.rows:
@@ -44,39 +86,53 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
     if not rows:
       continue
     suffix = "" if head == p.primary_head else f"_{head}"
-    what = _HEAD_WORDS[head]
+    what = HEAD_WORDS[head]
+    marked = head == p.primary_head and bool(comparisons)
+    shown = _mark(rows, holding) if marked else rows
     if "binary" in p.targets:
       out[f"classification{suffix}"] = tables.classification_table(
-          rows, caption=f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg), {what}, "
-                        "test split, 95% patient-bootstrap CI")
+          shown, caption=_classification_caption(config, what, rows, marked))
     if "regression" in p.targets:
       out[f"regression{suffix}"] = tables.regression_table(
-          rows, caption=f"mPCWP regression (mmHg), {what}, test split, 95% patient-bootstrap CI")
+          shown, caption=f"mPCWP regression (mmHg), {what}, test split: {CELL_WORDS}"
+                         + ("; * the difference from the random encoder holds" if marked else ""))
     if head in p.fraction_heads:
       for target, metric in (("binary", "auroc"), ("regression", "rmse")):
         if target in p.targets:
           out[f"label_fractions_{target}{suffix}"] = tables.label_fraction_table(
               [r for r in rows if r.target == target], metric=metric,
-              caption=f"{tables.METRIC_LABELS[metric]} by training labels ({what})")
+              caption=f"{tables.METRIC_LABELS[metric]} by training labels ({what}): "
+                      f"{CELL_WORDS}; {_validation_words(config)}"
+                      + (f"; {fraction_note}" if fraction_note else ""))
     if head == p.primary_head:
       for target in p.targets:
         out[f"subgroups_{target}"] = tables.subgroup_table(
-            rows, target=target, caption=f"Subgroups by sex and age band ({target}, {what})")
-  tests = [(labels.get(o.name, o.name), r) for o in outcomes for h, _, r in o.tests
+            rows, target=target, caption=f"Subgroups by sex and age band ({target}, {what}): "
+                                         f"{CELL_WORDS}")
+  tests = [(labels.get(o.name, o.name), t, r) for o in outcomes for h, t, r in o.tests
            if h == p.primary_head]
   if tests:
-    out["subgroup_tests"] = tables.pvalue_table(tests)
+    out["subgroup_tests"] = tables.group_test_table(
+        tests, caption=f"Subgroup differences ({HEAD_WORDS[p.primary_head]}, 100% of labels, "
+                       "test split): null hypothesis of an equal metric in both groups, DeLong's "
+                       "test for independent AUROCs (patient clusters) or a bootstrap resampling "
+                       "each group's patients; p-values Holm-adjusted over this table")
+  if comparisons:
+    out["comparisons"] = comparisons_lib.table(comparisons, labels, HEAD_WORDS[p.primary_head])
+  if premises:
+    out["pretext"] = premise_lib.table(premises, labels, float(config.task.pcwp_threshold))
   return out
 
 
 def write_report(outcomes: Sequence[ProbeOutcome], config: ml_collections.ConfigDict, root: str,
-                 labels: Optional[Mapping[str, str]] = None) -> dict[str, tables.Table]:
+                 labels: Optional[Mapping[str, str]] = None, **extra) -> dict[str, tables.Table]:
   """``tables/``, ``predictions/<name>.csv`` and ``plots/`` under ``root`` for these probes
-  (written by process 0); returns the tables by file stem."""
+  (written by process 0); returns the tables by file stem. ``extra``: the keyword arguments of
+  ``report_tables``."""
   from ssldml_jax.eval import plots  # matplotlib only for the report.
 
   labels = labels or {}
-  made = report_tables(outcomes, config, labels)
+  made = report_tables(outcomes, config, labels, **extra)
   if jax.process_index() != 0:
     return made
   for stem, table in made.items():

@@ -4,34 +4,30 @@ Age bands are half-open, [18, 35), [35, 50), [50, 75), [75, inf), labelled '18-3
 '50-75', '>=75'; an age of exactly 35 is in '35-50'. Ages below 18 fall in '<18' and unknown ages
 (NaN) in 'unknown', so every ECG is in exactly one group and none is silently dropped.
 
-Group differences are tested on the TEST-SET PREDICTIONS with a permutation test, never on
-bootstrap replicates (whose number is arbitrary, so a test on them can reach any p-value). Under
-the null hypothesis that the metric does not depend on the group, the group labels of PATIENTS
-are exchangeable: each permutation shuffles the group label over the patients of the two groups
-(group sizes in patients fixed) and moves all of a patient's ECGs together. The statistic is
-``metric(a) - metric(b)``; the two-sided p-value is
-``(1 + #{|d_perm| >= |d_obs|}) / (1 + #defined permutations)``, which is never 0. Permutations on
-which the metric is undefined in either group are skipped and counted. The p-values are not
-corrected for multiple comparisons.
+Group differences are tested on the TEST-SET PREDICTIONS with a test whose null hypothesis is
+an equal metric in both groups (``group_test``): DeLong's test for two independent AUROCs with
+patient clusters, or, for any other metric, a bootstrap that resamples the patients of each group
+on its own. The groups are disjoint sets of patients (a patient with ECGs in both goes to the
+group of most of them). The p-values are not adjusted here; the report adjusts the whole table
+of subgroup tests (Holm, ``significance.holm``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ssldml_jax.data import records
-from ssldml_jax.eval import bootstrap, metrics as metrics_lib
+from ssldml_jax.eval import bootstrap, delong, metrics as metrics_lib, significance
 
 AGE_BANDS = ((18.0, 35.0, "18-35"), (35.0, 50.0, "35-50"), (50.0, 75.0, "50-75"),
              (75.0, np.inf, ">=75"))
 AGE_UNDER_18, UNKNOWN = "<18", "unknown"
 SEX_NAMES = {records.SEX_FEMALE: "female", records.SEX_MALE: "male", records.SEX_UNKNOWN: UNKNOWN}
-
-_CHUNK_ELEMENTS = 1 << 22
 
 
 def age_bands(age) -> np.ndarray:
@@ -90,18 +86,25 @@ def subgroup_estimates(metrics: Mapping[str, metrics_lib.MetricFn], y, score, pa
 
 
 @dataclasses.dataclass(frozen=True)
-class PermutationResult:
+class GroupTest:
+  """Two groups of patients compared on one metric of the test predictions."""
   metric: str
   group_a: str
   group_b: str
+  test: str                # 'DeLong' (AUROC) | 'bootstrap' (any other metric)
   value_a: float
   value_b: float
-  difference: float        # value_a - value_b on the test predictions
-  p_value: float           # two-sided; NaN if the observed difference is undefined
-  n_permutations: int
-  n_undefined: int         # permutations skipped because a group's metric was undefined
+  difference: float        # value_a - value_b
+  low: float               # 95% interval of the difference
+  high: float
+  p_value: float           # two-sided, null: equal metric in both groups (not adjusted); NaN:
+                           # undefined (a group with one class, say)
+  ecgs_a: int
+  ecgs_b: int
   patients_a: int
   patients_b: int
+  prevalence_a: float      # share of positive ECGs (binary target); NaN for regression
+  prevalence_b: float
 
 
 def patient_groups(is_a: np.ndarray, inverse: np.ndarray, num_patients: int, patient_ids,
@@ -120,59 +123,73 @@ def patient_groups(is_a: np.ndarray, inverse: np.ndarray, num_patients: int, pat
   return 2 * n_a >= n_all
 
 
-def permutation_test(metric: metrics_lib.MetricFn, y, score, patient_ids, groups, a: str, b: str,
-                     *, n_permutations: int = 1000, seed: int = 0, mixed: str = "error",
-                     name: str = "") -> PermutationResult:
-  """Tests whether ``metric`` differs between groups ``a`` and ``b`` (patient-level shuffles)."""
+def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, groups, a: str,
+               b: str, *, fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
+               seed: int = 0, mixed: str = "error") -> GroupTest:
+  """Tests whether ``metric`` is equal in groups ``a`` and ``b`` (disjoint sets of patients).
+
+  AUROC (``metric == 'auroc'`` with ``fits_scores``, the ``(K, n)`` scores of the fits whose
+  mean ``fn`` computes): DeLong's test for independent groups with patient clusters
+  (``delong.independent``). Any other metric: the two groups resampled independently, patients
+  within each (``significance.difference`` of the replicates; group b uses ``seed + 1``).
+  Neither test asks whether the groups' whole (label, score) distributions differ: a metric that
+  depends on prevalence (AUPRC, F1, accuracy) differs between groups of different prevalence for
+  that reason alone, which is why the table shows each group's prevalence.
+  """
   y, score, patient_ids, groups = _aligned(y, score, patient_ids, groups)
-  keep = (groups == a) | (groups == b)
   for g in (a, b):
     if not np.any(groups == g):
       raise ValueError(f"group {g!r} has no ECGs (groups present: "
                        f"{', '.join(group_order(groups))})")
-  y, score, patient_ids, groups = y[keep], score[keep], patient_ids[keep], groups[keep]
-  inverse, num_patients = bootstrap.patient_index(patient_ids)
-  in_a = patient_groups(groups == a, inverse, num_patients, patient_ids, mixed)
+  keep = (groups == a) | (groups == b)
+  inverse, num_patients = bootstrap.patient_index(patient_ids[keep])
+  in_a = patient_groups(groups[keep] == a, inverse, num_patients, patient_ids[keep], mixed)
   if in_a.all() or not in_a.any():
     raise ValueError(f"groups {a!r} and {b!r}: every patient falls in one group after "
                      f"mixed={mixed!r}; nothing to compare")
-  observed = in_a[inverse].astype(np.float64)[None]
-  value_a = float(metric(y, score, observed)[0])
-  value_b = float(metric(y, score, 1.0 - observed)[0])
-  diff = value_a - value_b
-
-  rng = np.random.default_rng(seed)
-  shuffled = rng.permuted(np.tile(in_a, (n_permutations, 1)), axis=1)
-  chunk = max(1, _CHUNK_ELEMENTS // y.size)
-  null = np.empty(n_permutations)
-  for lo in range(0, n_permutations, chunk):
-    w = shuffled[lo:lo + chunk][:, inverse].astype(np.float64)
-    null[lo:lo + chunk] = metric(y, score, w) - metric(y, score, 1.0 - w)
-  defined = null[np.isfinite(null)]
-  if np.isfinite(diff) and defined.size:
-    # Relative slack so that a permutation equal to the observed split counts despite rounding.
-    extreme = np.abs(defined) >= np.abs(diff) * (1.0 - 1e-12) - 1e-15
-    p = (1.0 + extreme.sum()) / (1.0 + defined.size)
+  rows = np.flatnonzero(keep)
+  side_a = in_a[inverse]
+  parts = {a: rows[side_a], b: rows[~side_a]}
+  binary = y.dtype == bool
+  prevalence = {g: float(np.mean(y[r])) if binary else math.nan for g, r in parts.items()}
+  if metric == "auroc" and fits_scores is not None:
+    s = np.atleast_2d(np.asarray(fits_scores, np.float64))
+    test = "DeLong"
+    try:
+      res = delong.independent(y[parts[a]], s[:, parts[a]], patient_ids[parts[a]],
+                               y[parts[b]], s[:, parts[b]], patient_ids[parts[b]])
+      values = (res.auc_a, res.auc_b, res.difference, res.low, res.high, res.p_value)
+    except ValueError:  # a group with one class (or one patient): no AUROC, no test
+      values = tuple(float(fn(y[r], score[r], np.ones((1, r.size)))[0])
+                     for r in (parts[a], parts[b])) + (math.nan,) * 4
   else:
-    p = np.nan
-  return PermutationResult(
-      metric=name, group_a=a, group_b=b, value_a=value_a, value_b=value_b, difference=diff,
-      p_value=float(p), n_permutations=n_permutations,
-      n_undefined=int(null.size - defined.size), patients_a=int(in_a.sum()),
-      patients_b=int((~in_a).sum()))
+    points, replicates = [], []
+    for offset, g in enumerate((a, b)):
+      r = parts[g]
+      points.append(float(fn(y[r], score[r], np.ones((1, r.size)))[0]))
+      replicates.append(bootstrap.resample_values({metric: fn}, y[r], score[r], patient_ids[r],
+                                                  n_resamples=n_resamples,
+                                                  seed=seed + offset)[metric])
+    d = significance.difference(points[0], replicates[0], points[1], replicates[1])
+    values = (d.value_a, d.value_b, d.difference, d.low, d.high, d.p_value)
+    test = "bootstrap"
+  return GroupTest(metric, a, b, test, *values, ecgs_a=int(parts[a].size),
+                   ecgs_b=int(parts[b].size), patients_a=int(in_a.sum()),
+                   patients_b=int((~in_a).sum()), prevalence_a=prevalence[a],
+                   prevalence_b=prevalence[b])
 
 
 def compare_groups(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, groups,
                    *, pairs: Optional[Sequence[tuple[str, str]]] = None,
-                   n_permutations: int = 1000, seed: int = 0,
-                   mixed: str = "error") -> list[PermutationResult]:
-  """Permutation tests of every metric for ``pairs`` of groups (default: all pairs of known
-  groups, 'unknown' left out)."""
+                   fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
+                   seed: int = 0, mixed: str = "error") -> list[GroupTest]:
+  """``group_test`` of every metric for ``pairs`` of groups (default: all pairs of known groups,
+  'unknown' left out)."""
   if pairs is None:
     known = [g for g in group_order(groups) if g != UNKNOWN]
     pairs = list(itertools.combinations(known, 2))
-  return [permutation_test(fn, y, score, patient_ids, groups, a, b, n_permutations=n_permutations,
-                           seed=seed, mixed=mixed, name=name)
+  return [group_test(name, fn, y, score, patient_ids, groups, a, b, fits_scores=fits_scores,
+                     n_resamples=n_resamples, seed=seed, mixed=mixed)
           for a, b in pairs for name, fn in metrics.items()]
 
 

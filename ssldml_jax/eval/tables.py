@@ -1,14 +1,16 @@
 """Result tables as Markdown, CSV and LaTeX, cells formatted "0.812 (0.790-0.834)".
 
-A result is a flat ``Row`` (method, target, metric, point, CI, n and where it applies the
-subgroup or label fraction). A table is a pivot of rows: one line per method (and group or
+A result is a flat ``Row`` (method, target, metric, point, CI, the SD over pretraining seeds, n,
+where it applies the subgroup or label fraction, and a note such as the mark of a difference
+that holds). A table is a pivot of rows: one line per method (and group or
 fraction), one column per metric (or fraction). Rows keep the order in which they were given.
 Two rows that would land in the same cell are an error, never a silent overwrite; a cell with
 no row shows "n/a", as does a NaN point or interval.
 
 Every table renders to the same three files with the same numbers (three decimals):
-Markdown and CSV write the cell text as above; LaTeX (booktabs) writes "0.812 (0.790--0.834)"
-with ``$-$`` for a minus sign. ``parse_cell`` reads a cell of either kind back.
+Markdown and CSV write the cell text as above, followed by " ±0.012" when an SD over pretraining
+seeds is known and by the row's note (" *"); LaTeX (booktabs) writes "0.812 (0.790--0.834)
+$\\pm$0.012" with ``$-$`` for a minus sign. ``parse_cell`` reads a cell of either kind back.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from ssldml_jax.eval import bootstrap
 METRIC_LABELS = {
     "auroc": "AUROC", "auprc": "AUPRC", "f1": "F1", "accuracy": "Accuracy",
     "sensitivity": "Sensitivity", "specificity": "Specificity",
+    "ppv": "PPV", "npv": "NPV", "majority_accuracy": "Majority-class accuracy",
     "rmse": "RMSE", "mae": "MAE", "pearson_r": "Pearson r",
 }
-CLASSIFICATION_COLUMNS = ("auroc", "auprc", "f1", "accuracy")
+CLASSIFICATION_COLUMNS = ("auroc", "auprc", "f1", "accuracy", "sensitivity", "specificity", "ppv",
+                          "npv")
 REGRESSION_COLUMNS = ("rmse", "mae", "pearson_r")
 NA = "n/a"
 _NUMBER = r"(-?\d+\.\d+)"
-_CELL = re.compile(rf"^\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\))?\s*$")
+PLUS_MINUS = "\u00b1"
+_CELL = re.compile(rf"^\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\))?"
+                   rf"\s*(?:{PLUS_MINUS}\s*{_NUMBER})?\s*(\*)?\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,8 @@ class Row:
   n: int                 # test ECGs behind the estimate
   group: str = "all"     # subgroup ('female', '50-75', ...) or 'all'
   fraction: str = "100%" # label fraction ('1%', 'n=1000', ...)
+  sd: float = math.nan   # SD over pretraining seeds (NaN: one seed)
+  note: str = ""         # appended to the cell, e.g. '*' for a difference that holds
 
   @classmethod
   def from_estimate(cls, method: str, target: str, metric: str, estimate: bootstrap.Estimate,
@@ -65,28 +73,42 @@ class Table:
 
 
 def format_cell(point: float, low: float = math.nan, high: float = math.nan,
-                digits: int = 3) -> str:
+                digits: int = 3, sd: float = math.nan, note: str = "") -> str:
   if not math.isfinite(point):
     return NA
   text = f"{point:.{digits}f}"
   if math.isfinite(low) and math.isfinite(high):
     text += f" ({low:.{digits}f}-{high:.{digits}f})"
-  return text
+  if math.isfinite(sd):
+    text += f" {PLUS_MINUS}{sd:.{digits}f}"
+  return text + (f" {note}" if note else "")
 
 
-def parse_cell(text: str, latex: bool = False) -> tuple[float, float, float]:
-  """(point, low, high) from a Markdown/CSV cell, or a LaTeX one with ``latex=True``; NaN for
-  'n/a' or a missing interval."""
+def format_p(p: float) -> str:
+  """A p-value to three decimals, '<0.001' below that, 'n/a' when undefined."""
+  if not math.isfinite(p):
+    return NA
+  return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def cell_parts(text: str, latex: bool = False) -> tuple[float, float, float, float, str]:
+  """(point, low, high, sd, note) of a Markdown/CSV cell, or a LaTeX one with ``latex=True``;
+  NaN for 'n/a', a missing interval or SD."""
   if latex:
     # In LaTeX '--' is only the range dash (a minus sign is '$-$'), so swap it first.
-    text = text.replace("--", " - ").replace("$-$", "-")
+    text = text.replace("--", " - ").replace("$-$", "-").replace("$\\pm$", PLUS_MINUS)
   if text.strip() == NA:
-    return math.nan, math.nan, math.nan
+    return math.nan, math.nan, math.nan, math.nan, ""
   m = _CELL.match(text)
   if not m:
     raise ValueError(f"cannot read a result from table cell {text!r}")
-  point, low, high = (float(g) if g is not None else math.nan for g in m.groups())
-  return point, low, high
+  point, low, high, sd = (float(g) if g is not None else math.nan for g in m.groups()[:4])
+  return point, low, high, sd, m.group(5) or ""
+
+
+def parse_cell(text: str, latex: bool = False) -> tuple[float, float, float]:
+  """(point, low, high) of a cell (``cell_parts`` without the SD and note)."""
+  return cell_parts(text, latex)[:3]
 
 
 # ------------------------------------------------------------------------------- pivoting
@@ -110,7 +132,7 @@ def pivot(rows: Iterable[Row], index: Sequence[str], column: str,
       ns[key] = []
     if (key, col) in cells:
       raise ValueError(f"two results for {dict(zip(index, key))} / {column}={col!r}")
-    cells[key, col] = format_cell(r.point, r.low, r.high)
+    cells[key, col] = format_cell(r.point, r.low, r.high, sd=r.sd, note=r.note)
     ns[key].append(r.n)
   labels = labels or {}
   header = tuple(f.capitalize() for f in index) + (("n",) if show_n else ()) + tuple(
@@ -165,15 +187,23 @@ def _fraction_key(name: str) -> tuple:
   return (2, 0.0, name)
 
 
-def pvalue_table(results: Iterable[tuple[str, object]],
-                 caption: str = "Subgroup differences (patient-level permutation test)") -> Table:
-  """``results``: (method, subgroups.PermutationResult) pairs."""
+def group_test_table(results: Iterable[tuple[str, str, object]], caption: str = "") -> Table:
+  """``results``: (method, target, subgroups.GroupTest); p-values Holm-adjusted over the table."""
+  from ssldml_jax.eval import significance
+
+  results = list(results)
+  adjusted = significance.holm([r.p_value for _, _, r in results])
   body = []
-  for method, r in results:
-    body.append((method, METRIC_LABELS.get(r.metric, r.metric), f"{r.group_a} vs {r.group_b}",
-                 format_cell(r.value_a), format_cell(r.value_b), format_cell(r.difference),
-                 NA if not math.isfinite(r.p_value) else f"{r.p_value:.3f}"))
-  header = ("Method", "Metric", "Groups", "A", "B", "A - B", "p")
+  for (method, target, r), p_holm in zip(results, adjusted):
+    prevalence = ("n/a" if not math.isfinite(r.prevalence_a) else
+                  f"{r.prevalence_a:.3f} / {r.prevalence_b:.3f}")
+    body.append((method, target, METRIC_LABELS.get(r.metric, r.metric),
+                 f"{r.group_a} vs {r.group_b}", f"{r.ecgs_a} / {r.ecgs_b}",
+                 f"{r.patients_a} / {r.patients_b}", prevalence, format_cell(r.value_a),
+                 format_cell(r.value_b), format_cell(r.difference, r.low, r.high), r.test,
+                 format_p(r.p_value), format_p(p_holm)))
+  header = ("Method", "Target", "Metric", "Groups (A vs B)", "ECGs A / B", "Patients A / B",
+            "Prevalence A / B", "A", "B", "A - B (95% CI)", "Test", "p", "p (Holm)")
   return Table(header=header, body=tuple(body), caption=caption)
 
 
@@ -207,7 +237,7 @@ def latex_escape(text: str) -> str:
 
 def _latex_cell(text: str) -> str:
   if text != NA and _CELL.match(text):
-    point, low, high = parse_cell(text)
+    point, low, high, sd, note = cell_parts(text)
     digits = len(text.split()[0].split(".")[1])
 
     def num(v):
@@ -216,7 +246,9 @@ def _latex_cell(text: str) -> str:
     out = num(point)
     if math.isfinite(low):
       out += f" ({num(low)}--{num(high)})"
-    return out
+    if math.isfinite(sd):
+      out += f" $\\pm${num(sd)}"
+    return out + (f" {note}" if note else "")
   return latex_escape(text)
 
 

@@ -26,6 +26,9 @@ A method declares:
 - ``validate(config)``: checks the keys in ``reads`` (raises ``cli.ConfigError``).
 - ``section``: defaults of a config section of its own (e.g. ``vicreg``), added to
   ``config_defaults.base_config()``.
+- ``raw_distance``: for a method that mines its positives as nearest neighbours under a distance
+  between the raw signals (SSL-DML), that distance (``'dtw'``, ``'euclidean'``); the main job
+  measures how label-informative such positives are (``ssldml_jax.eval.premise``).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Method:
   view_length: Callable[[int], int] = _same_length
   validate: Callable[[ml_collections.ConfigDict], None] = _no_check
   section: Optional[tuple[str, dict]] = None
+  raw_distance: Optional[str] = None
 
   @property
   def pretrains(self) -> bool:

@@ -82,4 +82,4 @@ for _distance, _label, _reads, _summary in (
   registry.register(registry.Method(
       name=f"ssl_dml_{_distance}", label=_label, summary=_summary, reads=_reads,
       make_loss=_loss_maker(_distance), loss_params=common.metric_loss_params,
-      validate=_validator(_distance)))
+      validate=_validator(_distance), raw_distance=_distance))
