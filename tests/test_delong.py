@@ -10,13 +10,14 @@ from sklearn import metrics as skm
 from ssldml_jax.eval import bootstrap, delong, metrics as M, significance
 
 
-def _clustered(seed, patients=120, effect=(1.0, 0.7), ties=False):
-  """Patients with 1-3 ECGs, a patient-level label, a patient effect shared by the methods and
+def _clustered(seed, patients=120, effect=(1.0, 0.7), ties=False, mixed=0.0):
+  """Patients with 1-3 ECGs, a patient-level label (each ECG's flipped with probability
+  ``mixed``, so some patients hold both classes), a patient effect shared by the methods and
   one of each method's own (so a patient's ECGs are correlated within and across methods)."""
   rng = np.random.default_rng(seed)
   counts = rng.integers(1, 4, patients)
   pid = np.repeat(np.arange(patients), counts)
-  y = np.repeat(rng.random(patients) < 0.35, counts)
+  y = np.repeat(rng.random(patients) < 0.35, counts) ^ (rng.random(pid.size) < mixed)
   shared = rng.normal(0.0, 0.5, patients)
   scores = np.stack([mu * y + np.repeat(shared + rng.normal(0.0, 0.7, patients), counts)
                      + rng.normal(0.0, 0.4, pid.size) for mu in effect])
@@ -79,7 +80,8 @@ def test_fast_placements_match_the_pairwise_loop(ties):
 
 @pytest.mark.parametrize("clustered", [False, True])
 def test_covariance_matches_the_slow_reference(clustered):
-  y, scores, pid = _clustered(1, patients=50, effect=(1.0, 0.7, 0.2), ties=True)
+  y, scores, pid = _clustered(1, patients=50, effect=(1.0, 0.7, 0.2), ties=True, mixed=0.3)
+  assert any(len(set(y[pid == p])) == 2 for p in pid)  # the cross terms S11 are exercised
   _, v10, v01 = delong.placements(y, scores)
   clusters = pid if clustered else None
   np.testing.assert_allclose(delong.covariance(y, v10, v01, clusters),

@@ -55,6 +55,21 @@ def test_heads_recover_planted_signal_on_the_configured_subsets():
   assert len(fits) == 2 * 2 * 4  # targets x seeds x (three linear subsets + one mlp)
   assert {f.n_train for f in fits if f.fraction == "n=100"} == {100}
   assert {f.n_train for f in fits if f.fraction == "10%"} == {60}  # 20 of 200 patients x 3 ECGs
+  # Model selection below 100% saw 20 validation patients (the floor over 10% of 70), not 70:
+  # 40-60 of the 200 validation ECGs (patients hold 2 or 3), the rows its scores belong to.
+  y_val = val["pcwp"] > 18.0
+  for f in fits:
+    assert f.n_validation == len(f.val_scores)
+    if f.fraction == "100%":
+      assert f.n_validation == 200
+      continue
+    assert 40 <= f.n_validation <= 60
+    rows = subsets.draw_subsets(config, splits["train"]["patient_id"], f.seed)[f.fraction]
+    kept = subsets.validation_rows(config, val["patient_id"], splits["train"]["patient_id"],
+                                   rows, f.seed)
+    assert np.unique(val["patient_id"][kept]).size == subsets.MIN_VALIDATION_PATIENTS
+    if f.target == "binary":
+      assert f.threshold == M.choose_threshold(y_val[kept], f.val_scores)
   # The deterministic linear fit at 100% is made once and stands for both seeds; others differ.
   for target in ("binary", "regression"):
     full = [f for f in fits if (f.head, f.target, f.fraction) == ("linear", target, "100%")]

@@ -47,14 +47,15 @@ def test_subgroup_estimates_equal_metric_on_subset():
 
 def _prevalence_cohort(rng, patients=160, prevalence=(0.2, 0.6), signal=(1.0, 1.0)):
   """Two groups of patients with their own prevalence and signal strength (binormal scores with
-  a patient effect): equal ``signal`` means equal AUROC whatever the prevalence."""
-  counts = rng.integers(1, 4, patients)
+  a strong patient effect, 1-5 ECGs each): equal ``signal`` means equal AUROC whatever the
+  prevalence."""
+  counts = rng.integers(1, 6, patients)
   pid = np.repeat(np.arange(patients), counts)
   in_a = np.arange(patients) < patients // 2
   y_patient = rng.random(patients) < np.where(in_a, prevalence[0], prevalence[1])
   effect = np.where(in_a, signal[0], signal[1])
-  u = rng.normal(0, 0.6, patients)
-  score = np.repeat(effect * y_patient + u, counts) + rng.normal(0, 0.5, pid.size)
+  u = rng.normal(0, 0.9, patients)
+  score = np.repeat(effect * y_patient + u, counts) + rng.normal(0, 0.3, pid.size)
   return np.repeat(y_patient, counts), score, pid, np.where(np.repeat(in_a, counts), "a", "b")
 
 
