@@ -170,17 +170,17 @@ def test_labeled_training_keeps_known_pcwp_only(config, stored):
 
 def test_a_record_subset_smaller_than_a_batch_repeats_only_its_records(config, ecg_synth_tiny):
   """A label row of 5 ECGs under a global batch of 32: every batch holds those 5 only, each
-  ECG 6 or 7 times (the stream runs through several epochs per batch)."""
+  about equally often (the row tiled 7 times: 35 records, a batch 32 of them)."""
   labels = reader.read_labels(ecg_synth_tiny, "train")
   chosen = np.array([3, 10, 11, 40, 70])
   it = pipeline.make_train_iterator(config, seed=1, split="train", require_pcwp=True,
                                     records=chosen, subset="1% seed 0")
   try:
-    assert it.num_examples == 5
+    assert it.num_examples == 35
     for _ in range(3):
       ids = _ids(next(it))
       assert set(ids) == set(labels["ecg_id"][chosen].tolist())
-      assert sorted(np.unique(ids, return_counts=True)[1]) == [6, 6, 6, 7, 7]
+      assert np.unique(ids, return_counts=True)[1].min() >= 4
     assert json.loads(it.get_state())["stream"]["subset"] == "1% seed 0"
   finally:
     it.close()

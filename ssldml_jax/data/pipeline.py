@@ -431,8 +431,10 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   ``num_epochs=None`` repeats forever. ``require_pcwp`` keeps only records with a known mPCWP
   (the supervised methods: ``split='train'``). ``records``: train on these record indices of the
   split only (a label subset, named ``subset`` in the stream state); such a subset may hold
-  fewer records than a global batch, whose records then repeat (the stream runs through several
-  epochs within one batch). The returned iterator has ``get_state()`` / ``set_state(bytes)`` and
+  fewer records than a global batch: it is then tiled into the smallest whole number of copies
+  that fills one, so that every batch holds each of its records about equally often (and
+  grain's shuffle, which costs tens of milliseconds per new epoch, turns over once a batch, not
+  several times). The returned iterator has ``get_state()`` / ``set_state(bytes)`` and
   ``close()``.
   """
   builder = load_builder(data_config)
@@ -464,7 +466,9 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
       source = source.subset(known, name)
   local_batch = num_devices * settings["per_device"]
   global_batch = local_batch * count
-  if len(source) < global_batch and records is None:
+  if records is not None and len(source) < global_batch:
+    source = source.subset(np.tile(records, -(-global_batch // len(source))), name)
+  if len(source) < global_batch:
     raise cli.ConfigError(
         f"config.data.per_device_batch_size={settings['per_device']} x {num_devices * count} "
         f"devices = {global_batch} exceeds the {len(source)} training examples of "

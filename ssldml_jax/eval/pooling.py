@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -50,12 +51,13 @@ def pool(config: ml_collections.ConfigDict, name: str, outcomes: Sequence[ProbeO
   """
   fits = pooled_fits(outcomes, test["ecg_id"])
   evaluation = estimates.evaluate(config, fits, test, name)
-  os.makedirs(workdir, exist_ok=True)
   first = outcomes[0]
   splits = {"test": test,
             "validation": labeled_split(first, config.data.validation_split, "validation")}
-  probe_files.write_predictions(os.path.join(workdir, probe_files.PREDICTIONS_FILE), config, fits,
-                                splits)
+  if jax.process_index() == 0:  # every process pooled the same; one writes
+    os.makedirs(workdir, exist_ok=True)
+    probe_files.write_predictions(os.path.join(workdir, probe_files.PREDICTIONS_FILE), config,
+                                  fits, splits)
   records = estimates.fit_records(fits, test, float(config.task.pcwp_threshold))
   outcome = ProbeOutcome(name=name, workdir=workdir, rows=evaluation.rows,
                          tests=evaluation.tests, fits=records,

@@ -48,9 +48,11 @@ HOW_TO_READ = (
     "well above) and Spearman's rho would be clearly positive; values near the random partner's "
     "and a rho near 0 mean the method learns from signal similarity that says little about "
     "mPCWP.")
-_COLUMNS = (("delta_positive", "|d mPCWP| positive (mmHg)"), ("delta_random", "random"),
-            ("delta_gain", "random - positive"), ("agree_positive", "class agreement positive"),
-            ("agree_random", "random"), ("same_patient", "positives of the same patient"),
+_COLUMNS = (("delta_positive", "|d mPCWP| positive (mmHg)"),
+            ("delta_random", "|d mPCWP| random partner"), ("delta_gain", "random - positive"),
+            ("agree_positive", "class agreement positive"),
+            ("agree_random", "class agreement random partner"),
+            ("same_patient", "positives of the same patient"),
             ("spearman", "Spearman rho (distance, |d mPCWP|)"))
 
 
