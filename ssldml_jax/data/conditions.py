@@ -31,7 +31,7 @@ no HF / HFpEF / HFrEF, among the patients the condition is not excluded for (``E
   af           atrial fibrillation (patient level; 85% of the patient's ECGs show it, the rest
                are in sinus rhythm): no P waves, fibrillatory waves, irregularly irregular RR.
                                                                              5% / 32% / 25%
-  av_block_1   first-degree AV block: PR > 200 ms (205-350).                4% / 12% / 18%
+  av_block_1   first-degree AV block: PR > 200 ms (210-350).                4% / 12% / 18%
   low_voltage  QRS peak-to-peak < 0.5 mV in every limb lead.                3% /  7% /  8%
   pvc          frequent premature ventricular beats: unifocal, wide (130-200 ms), discordant
                T, fixed coupling, no P, full compensatory pause.            4% /  8% / 18%

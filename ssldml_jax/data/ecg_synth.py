@@ -10,12 +10,13 @@ time of ``large`` is extrapolated from ``default``'s.
 config     rate    unlabeled                        train / validation / test        build, 2 cores
 =========  ======  ===============================  ===============================  ===============
 tiny       100 Hz  40 patients (115 ECGs)           32 / 16 / 16 (85 / 39 / 38)      ~1 s
-default    250 Hz  3,200 (8,052 ECGs)               800 / 200 / 200 (1,980/505/487)  ~20 s, 450 MB
-large      250 Hz  80,000 (~200,000 ECGs)           2,400 / 400 / 480 (~8,200 total) ~6 min, ~8 GB
+default    250 Hz  3,200 (8,052 ECGs)               800 / 200 / 200 (1,980/505/487)  ~15 s, 450 MB
+large      250 Hz  80,000 (~200,000 ECGs)           2,400 / 400 / 480 (~8,200 total) ~4 min, ~8 GB
 =========  ======  ===============================  ===============================  ===============
 
 Every record is 10 s. The build is deterministic: the same config and seed give the same
-records, whatever the machine.
+records, whatever the machine. Version 2.0.0 gives the patients heart disease (a heart-failure
+phenotype and its ECG conditions); a 1.0.0 build in the data directory is never read as it.
 """
 
 from __future__ import annotations
