@@ -166,8 +166,8 @@ def _rhythm(d: Draws, c: dict, af: np.ndarray, s_hr, age_c, male) -> _Rhythm:
 
   # Premature beats: a per-beat chance (the patient's burden, varying day to day), never on the
   # first two beats, never two in a row, only when the interval leaves room for one.
-  p_pvc = np.where(c["pvc"], np.clip(0.10 * waves.lognormal(pz[:, PZ["pvc_burden"]] + 0.5 * z[:, 58],
-                                                        0.5), 0.03, 0.35), 0.0)
+  p_pvc = np.where(c["pvc"], np.clip(
+      0.10 * waves.lognormal(pz[:, PZ["pvc_burden"]] + 0.5 * z[:, 58], 0.5), 0.03, 0.35), 0.0)
   p_pac = np.where(c["pac"] & ~af, np.clip(
       0.10 * waves.lognormal(pz[:, PZ["pac_burden"]] + 0.5 * z[:, 59], 0.5), 0.03, 0.30), 0.0)
   room = (beat_axis >= 2)[None] & (rr >= _ECTOPY_MIN_RR_S)
@@ -289,7 +289,7 @@ def render(d: Draws, *, pcwp: np.ndarray, age: np.ndarray, sex: np.ndarray,
   offset = np.zeros((n, NUM_WAVES))
   width = np.ones((n, NUM_WAVES))
   waves.set_morphology(amp, direction, offset, width, c=c, pz=pz, s_la=s_la, s_lv=s_lv, lvh=lvh,
-              qrs=qrs, qrs_normal=qrs_normal, qrs_pvc=qrs_pvc)
+                       qrs=qrs, qrs_normal=qrs_normal, qrs_pvc=qrs_pvc)
   offset[:, W["p_ra"]], width[:, W["p_ra"]] = -p_sep / 2.0, w_ra
   offset[:, W["p_la"]], width[:, W["p_la"]] = p_sep / 2.0, w_la
   width[:, W["p_ect"]] = pac_width
