@@ -79,8 +79,15 @@ def _rows(mask: np.ndarray, value, current: np.ndarray) -> np.ndarray:
 
 
 def set_morphology(amp, direction, offset, width, *, c, pz, s_la, s_lv, lvh, qrs, qrs_normal,
-                qrs_pvc) -> None:
-  """Sets the per-ECG wave parameters of each condition in place (heart frame, seconds)."""
+                   qrs_pvc) -> None:
+  """Sets the per-ECG wave parameters in place: normal conduction, then each condition.
+
+  ``amp`` (n, W), ``direction`` (n, W, 3) heart frame, ``offset`` and ``width`` (n, W) seconds
+  from the group's reference; ``c`` the conditions by name (bool (n,)), ``pz`` the patient
+  normals, ``s_la`` / ``s_lv`` the left-atrial and ventricular pathways, ``qrs`` / ``qrs_normal``
+  / ``qrs_pvc`` the QRS durations (s) of the conducted beat, of normal conduction and of a
+  premature ventricular beat.
+  """
   for name, (off, wid) in _NORMAL_QRS.items():
     offset[:, W[name]], width[:, W[name]] = off * qrs_normal, wid * qrs_normal
   # A strained left atrium depolarises later and more posteriorly: the terminal negative P in V1.
