@@ -318,10 +318,11 @@ def render(d: Draws, *, pcwp: np.ndarray, age: np.ndarray, sex: np.ndarray,
 
   # Heart orientation: the frontal axis turns left with age and with LVH; rotation varies
   # mostly by patient.
-  rot = _rotation(np.deg2rad(10.0 * pz[:, PZ["rot_x"]] + 1.5 * z[:, 16]),
-                  np.deg2rad(18.0 * pz[:, PZ["rot_y"]] + 2.0 * z[:, 17]),
-                  np.deg2rad(-8.0 - 32.0 * pz[:, PZ["rot_z"]] - 4.0 * age_c + 2.0 * z[:, 18]
-                             - 3.0 * s_lv - np.where(lvh, 8.0, 0.0)))
+  rotation_deg = np.stack([10.0 * pz[:, PZ["rot_x"]] + 1.5 * z[:, 16],
+                           18.0 * pz[:, PZ["rot_y"]] + 2.0 * z[:, 17],
+                           -8.0 - 32.0 * pz[:, PZ["rot_z"]] - 4.0 * age_c + 2.0 * z[:, 18]
+                           - 3.0 * s_lv - np.where(lvh, 8.0, 0.0)], axis=1)
+  rot = _rotation(*np.deg2rad(rotation_deg).T)
   # Lead gains: patient geometry times electrode placement of the day.
   gains = (waves.lognormal(pz[:, PZ["g0"]:PZ["g7"] + 1], 0.08)
            * waves.lognormal(z[:, 19:27], 0.05))[:, None, :]
@@ -379,6 +380,7 @@ def render(d: Draws, *, pcwp: np.ndarray, age: np.ndarray, sex: np.ndarray,
       "t_amplitude_scale": (t_volt * low_gain).astype(np.float32),
       "pvc_count": (rhythm.pvc & in_window).sum(axis=1).astype(np.int32),
       "pac_count": (rhythm.pac & in_window).sum(axis=1).astype(np.int32),
+      "heart_rotation_deg": rotation_deg.astype(np.float32),
       "mains_hz": mains_hz.astype(np.float32),
   }
   truth.update({k: v.astype(np.float32) for k, v in volts.items()})

@@ -148,7 +148,8 @@ def plot_conditions(out_dir: str, sampling_rate: int = 250, seed: int = 0) -> li
   ``simulator.CONDITIONS`` order, each an ECG with only that condition, titled with its name and
   its criterion's value. A 65-year-old patient with mPCWP 16 mmHg; among a few ECGs drawn from
   ``seed``, the page shows one that shows the condition (a textbook QRS axis, AF on the day,
-  three or more premature beats) with the least noise. Returns the paths written.
+  three or more premature beats) with the least noise and the least rotated heart. Returns the
+  paths written.
   """
   import numpy as np
 
@@ -175,7 +176,10 @@ def plot_conditions(out_dir: str, sampling_rate: int = 250, seed: int = 0) -> li
     means = seconds.reshape(n, -1, sampling_rate, ecg.shape[2]).mean(axis=2)
     noise = (means.std(axis=1).mean(axis=1)
              + np.median(np.abs(np.diff(ecg, axis=1)), axis=(1, 2)))
-    i = int(np.argmin(np.where(shows, noise, np.inf) if shows.any() else noise))
+    # Least noise and least rotation of the heart away from the textbook position.
+    typical = (noise / np.median(noise)
+               + np.linalg.norm(truth["heart_rotation_deg"] - [0.0, 0.0, -8.0], axis=1) / 30.0)
+    i = int(np.argmin(np.where(shows, typical, np.inf) if shows.any() else typical))
     title = (conditions.TITLES.get(name, "No condition (sinus rhythm)")
              + f" - {_criterion(name, truth, i)}")
     path = os.path.join(out_dir, f"{page:02d}_{name}.png")

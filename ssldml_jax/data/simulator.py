@@ -37,7 +37,8 @@ PHENOTYPES = conditions.PHENOTYPES
 TRUTH_KEYS = ("af", "conditions", "phenotype", "heart_rate_bpm", "p_duration_ms",
               "pr_interval_ms", "qrs_duration_ms", "qtc_ms", "qt_interval_ms",
               "p_terminal_v1_mv", "qrs_voltage_scale", "t_amplitude_scale", "sokolow_lyon_mv",
-              "cornell_mv", "limb_qrs_mv", "qrs_axis_deg", "pvc_count", "pac_count", "mains_hz")
+              "cornell_mv", "limb_qrs_mv", "qrs_axis_deg", "pvc_count", "pac_count",
+              "heart_rotation_deg", "mains_hz")
 
 
 def split_key(split: str) -> int:
@@ -99,7 +100,9 @@ def simulate_ecgs(rng: np.random.Generator, n: int, *, pcwp: np.ndarray, age: np
   NaN in AF), 'qrs_voltage_scale', 't_amplitude_scale', 'sokolow_lyon_mv', 'cornell_mv' and
   'limb_qrs_mv' and 'qrs_axis_deg' (frontal plane; of the conducted beat's noise-free QRS),
   'pvc_count' and 'pac_count'
-  (premature beats whose QRS starts inside the recording), 'mains_hz'.
+  (premature beats whose QRS starts inside the recording), 'heart_rotation_deg' ((n, 3),
+  degrees about the x (leftward), y (inferior) and z (anterior) axes; z turns the frontal-plane
+  axis), 'mains_hz'.
   """
   _check_waveform_args(sampling_rate, duration_s)
   pcwp = np.asarray(pcwp, np.float64).reshape(-1)
@@ -122,6 +125,7 @@ def simulate_ecgs(rng: np.random.Generator, n: int, *, pcwp: np.ndarray, age: np
   if n == 0:
     empty = {key: np.zeros(0, np.float32) for key in TRUTH_KEYS}
     empty.update(af=np.zeros(0, bool), conditions=np.zeros((0, conditions.NUM_CONDITIONS), bool),
+                 heart_rotation_deg=np.zeros((0, 3), np.float32),
                  phenotype=np.zeros(0, np.int32), pvc_count=np.zeros(0, np.int32),
                  pac_count=np.zeros(0, np.int32))
     return np.zeros((0, num_t, NUM_LEADS), np.float32), empty
