@@ -59,7 +59,7 @@ def _check_predictions(config, root):
       assert 0.0 < float(r["y_score_binary"]) < 1.0
       assert np.isfinite(float(r["y_score_regression"]))
   for name in ("example_ecg", "roc_pr", "calibration", "embedding_random",
-               "embedding_ssl_dml_euclidean"):
+               "embedding_ssl_dml_euclidean", "conditions/00_normal", "conditions/01_lbbb"):
     with open(os.path.join(root, "plots", name + ".png"), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
