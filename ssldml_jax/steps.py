@@ -191,7 +191,7 @@ def raw_distance_rows(config: ml_collections.ConfigDict, x: jax.Array, mask: jax
   xg = parallel.gather_global(xd, axis_name)
   if m.raw_distance == "dtw":
     window = None if not m.dtw_window else -(-int(m.dtw_window) // factor)
-    d = dtw.cross_dtw(xd, xg, window=window)
+    d = dtw.cross_dtw(xd, xg, window=window, impl=m.dtw_impl)
   else:
     d = dtw.cross_euclidean_raw(xd, xg)
   mask_g = parallel.gather_global(mask, axis_name)

@@ -30,7 +30,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from ssldml_jax import checkpoint, cli, distances, losses, metrics_log, models, parallel, steps
+from ssldml_jax import (checkpoint, cli, distances, dtw, losses, metrics_log, models, parallel,
+                        steps)
 from ssldml_jax.data import pipeline
 
 
@@ -57,6 +58,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   cli.check_choice(config, "model.name", tuple(models.STAGE_SIZES))
   cli.check_choice(config, "model.dtype", tuple(models.DTYPES))
   cli.check_choice(config, "mining.raw_distance", ("dtw", "euclidean"))
+  cli.check_choice(config, "mining.dtw_impl", dtw.IMPLS)
   cli.check_choice(config, "mining.embedding_distance", distances.NAMES)
   _check_int(config, "mining.decimate", 1)
   _check_int(config, "mining.dtw_window", 0, allow_none=True)
