@@ -21,10 +21,11 @@ anti-diagonal of the stripe. What each lane needs:
   lanes, through a small exchange buffer (two copies by step parity, one barrier per step).
 
 Lane 0's upper neighbour is the stripe's boundary row, ``D[i0 - 1, :]``, kept per anchor in a row
-buffer that the stripe's last lane overwrites for the next stripe. Rows past the end of the
-anchors copy the row above, so the last stripe's last lane ends with ``D[r - 1, c - 1]`` in the row
-buffer. Cells outside the band or the table are +inf; a stripe only sweeps the columns its rows'
-band can reach, so a band of width ``w`` costs about ``T (2w + lanes)`` lane-steps, not ``T^2``.
+buffer that the stripe's last lane overwrites for the next stripe. The padding rows after row
+``r - 1`` (stripes are whole) copy the row above, so the last stripe's last lane leaves
+``D[r - 1, c - 1]`` in the row buffer. Cells outside the band or the table are +inf; a stripe
+only sweeps the columns its rows' band can reach, so a band of half-width ``w`` costs about
+``T (2w + 2 lanes)`` lane-steps, not ``T^2`` (a full table about ``T (T + lanes)``).
 
 Memory is O(pairs x (c + lanes)) for the row and exchange buffers (extra outputs of the call,
 discarded), never ``r x c`` per pair. Triton programs have no shared memory that Pallas exposes,
@@ -40,7 +41,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 

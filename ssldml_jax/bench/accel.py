@@ -7,7 +7,8 @@ Stages, each in its own process so that every one starts with the accelerator's 
 1. ``measure``: the backend and its devices; the Pallas DTW kernel against the XLA program
    (agreement first, then time and G cells/s at B = 64 and 256, T = 500 and 2,500, and a 10%
    band); ``bench train_step`` in float32 and bfloat16 (step time, ECG/s, MFU against the chip's
-   published peak, or the measured matmul peak where the chip is not in ``PEAKS``).
+   published peak, or the measured matmul peak where the chip is not in ``PEAKS``), float32 at
+   per-device batch 64 and bfloat16 at 64 and 256.
 2. ``pretrain``: ``python -m ssldml_jax.pretrain --config=configs/ssl_dml_dtw.py``, 200 steps at
    paper size on ``ecg_synth/default`` (built if missing).
 3. ``after``: that run's step time, split between mining (the DTW rows of one device, timed
@@ -44,11 +45,13 @@ PEAKS = (("H200", 989e12, 495e12), ("H100 PCIe", 756e12, 378e12), ("H100", 989e1
          ("TPU v6", 918e12, 918e12), ("TPU v5p", 459e12, 459e12), ("TPU v5", 197e12, 197e12),
          ("TPU v4", 275e12, 275e12))
 FULL = dict(dtw_cases=((64, 500), (64, 2500), (256, 500), (256, 2500)), dtw_band=(64, 500, 50),
-            repeats=5, width=64, stage_sizes=None, rate=250, batches=(64, 256), steps=10,
+            repeats=5, width=64, stage_sizes=None, rate=250, steps=10,
+            train_steps=(("float32", 64), ("bfloat16", 64), ("bfloat16", 256)),
             pretrain="configs/ssl_dml_dtw.py", pretrain_steps=200, log_every=50,
             dataset="ecg_synth/default", input_batch=64, input_ecgs=4096, matmul=None)
 QUICK = dict(dtw_cases=((4, 21),), dtw_band=(4, 21, 3), repeats=1, width=8,
-             stage_sizes=(1, 1, 1, 1), rate=10, batches=(4,), steps=2,
+             stage_sizes=(1, 1, 1, 1), rate=10, steps=2,
+             train_steps=(("float32", 4), ("bfloat16", 4)),
              pretrain="configs/ssl_dml_dtw.py:tiny", pretrain_steps=6, log_every=2,
              dataset="ecg_synth/tiny", input_batch=16, input_ecgs=64, matmul=(256,))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -146,16 +149,15 @@ def train_step_stage(sizes: dict, env: dict) -> list[dict]:
     env["peak_f32"], _ = train_step.matmul_peak(device, jnp.float32, sizes["matmul"])
     env["peak_source"] = f"measured ({who})"
   rows = []
-  for dtype in ("float32", "bfloat16"):
-    for batch in sizes["batches"]:
-      r = train_step.run(batch=batch, rate=sizes["rate"], num_steps=sizes["steps"], warmup=2,
-                         width=sizes["width"], stage_sizes=sizes["stage_sizes"],
-                         with_torch=False, dtype=dtype)
-      peak = env["peak_bf16"] if dtype == "bfloat16" else env["peak_f32"]
-      r["mfu"] = r["achieved_flops"] / peak
-      rows.append(r)
-      print(f"  train step {dtype} B={batch}: {r['jax_s'] * 1e3:.2f} ms, "
-            f"{r['jax_ecg_per_s']:,.0f} ECG/s, MFU {100 * r['mfu']:.1f}%", flush=True)
+  for dtype, batch in sizes["train_steps"]:
+    r = train_step.run(batch=batch, rate=sizes["rate"], num_steps=sizes["steps"], warmup=2,
+                       width=sizes["width"], stage_sizes=sizes["stage_sizes"],
+                       with_torch=False, dtype=dtype)
+    peak = env["peak_bf16"] if dtype == "bfloat16" else env["peak_f32"]
+    r["mfu"] = r["achieved_flops"] / peak
+    rows.append(r)
+    print(f"  train step {dtype} B={batch}: {r['jax_s'] * 1e3:.2f} ms, "
+          f"{r['jax_ecg_per_s']:,.0f} ECG/s, MFU {100 * r['mfu']:.1f}%", flush=True)
   return rows
 
 
