@@ -30,7 +30,8 @@ def test_quick_check_runs_every_stage(tmp_path):
              for r in got["dtw"])
   assert [r["dtype"] for r in got["train_step"]] == ["float32", "bfloat16"]
   p = got["pretrain"]
-  assert p["global_batch"] == 16 and 0 < p["mining_s"] < p["step_s"]
+  # Both are timed, each on its own: under load either may come out the larger.
+  assert p["global_batch"] == 16 and p["mining_s"] > 0 and p["step_s"] > 0
   assert p["rows"] == 16 and p["length"] == 100   # tiny: 10 s at 50 Hz, decimated by 5
   assert [r["workers"] for r in got["input"]][0] == 0 and len(got["input"]) == 2
   assert set(got["epoch_seconds"]) == {"pretrain_ssl_dml_dtw", "train_step_bf16",
