@@ -138,6 +138,7 @@ def _meta(workdir: str, step: int) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_on_one(ecg_synth_tiny, tmp_path):
   reference_dir, two_dir = str(tmp_path / "one_process"), str(tmp_path / "two_processes")
   logs = tmp_path / "logs"

@@ -90,6 +90,7 @@ def ssl_run(ssl_config, tmp_path_factory):
   return ssl_config, workdir, final
 
 
+@pytest.mark.slow
 def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
   config, workdir, final = ssl_run
   records = metrics_log.read_metrics(workdir)
@@ -114,6 +115,7 @@ def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
   assert emb.shape == (3, loaded.model.embedding_dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["configs/ssl_dml_dtw.py:tiny",
                                   "configs/supervised_dml.py:tiny",
                                   "configs/supervised_dml.py:tiny,regression",
@@ -308,6 +310,7 @@ def test_nonfinite_step_is_skipped(ssl_config):
                             before.params["encoder"]["embedding"]["kernel"])
 
 
+@pytest.mark.slow
 def test_repeated_nonfinite_stops_with_last_checkpoint_intact(ssl_config, tmp_path, monkeypatch,
                                                                capsys):
   config = _config(SSL_SPEC, **{"train.max_consecutive_nonfinite": 3,

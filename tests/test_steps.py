@@ -141,7 +141,7 @@ def test_dtw_mined_triplets_are_brute_force_neighbours(window, decimated_window)
     np.testing.assert_array_equal(metrics[key], metrics[key][0])  # The same on every device.
 
 
-# --- bfloat16 --------------------------------------------------------------------------------------
+# --- bfloat16 ------------------------------------------------------------------------------------
 
 FAMILIES = {"ssl_dml": "ssl_dml_euclidean.py:tiny", "supervised_dml": "supervised_dml.py:tiny",
             "supervised": "supervised.py:tiny", "simclr": "simclr.py:tiny",
