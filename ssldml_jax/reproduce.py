@@ -14,7 +14,8 @@
 
 Every stage is skipped when its outputs exist: a finished pretraining (checkpoint at its last
 step), a finished probe (``probe_results.json``); an interrupted pretraining resumes from its
-checkpoint. Deleting a file or directory redoes just that part (and the report after it).
+checkpoint. Deleting a file or directory redoes just that part (and the report after it). One job
+at a time per workdir (``workdirs.exclusive``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from ssldml_jax import cli, parallel
+from ssldml_jax import cli, parallel, preemption, workdirs
 
 # Method key -> (configs/<file>.py, ':arg'); 'random' is the untrained baseline encoder.
 METHOD_CONFIGS = {
@@ -212,8 +213,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from ssldml_jax.data import build, plot_ecg
   from ssldml_jax.eval import probe_lib, tables
 
-  root = os.path.abspath(workdir)
-  os.makedirs(root, exist_ok=True)
+  root = workdirs.prepare(workdir)
   trained = [m for m in methods if m != RANDOM]
   clock = _Clock(total=2 + len(trained) + len(methods) + 1)
 
@@ -275,7 +275,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   # Library INFO lines (TFDS, orbax) would bury the progress bars and the tables.
   logging.set_verbosity(logging.ERROR)
   try:
-    run(config, workdir)
+    # One job per workdir; SIGTERM between pretrainings stops it at once (every output is
+    # written atomically), during one it saves a checkpoint first.
+    with workdirs.exclusive(workdir), preemption.notice(interrupt=True):
+      run(config, workdir)
   except (train_lib.NonFiniteError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -11,9 +11,15 @@ devices see the batches of 1 process of 4, and a run may resume on another proce
 transforms decode int16 microvolts to float32 millivolts, resample to
 ``config.data.sampling_rate``, optionally band-pass, and shape ``[local_devices,
 per_device_batch, T, 12]``. Only the end of a finite run drops a remainder, so an epoch is about
-``steps_per_epoch`` batches. A background thread keeps ``config.data.prefetch`` batches ready;
+``steps_per_epoch`` batches. grain prepares batches ahead of the consumer: ``config.data.prefetch``
+of them in a background thread, or in each of ``config.data.num_workers`` worker processes.
 ``get_state()`` is the stream position after the last batch *handed out* (not the last one
 prefetched), the same on every process, so a checkpoint resumes mid-epoch exactly.
+
+Damaged data stops the run with a ``DamagedDataError`` that names the dataset, the split and the
+file (and the record where known), raised in the consumer's thread: shards that are missing,
+truncated or hold another number of records, and features other than this version writes, are
+found when an iterator is made; a record that does not decode, when it is read.
 
 Evaluation batches visit every example of a split exactly once over all processes: each process
 takes a contiguous slice, the last batch is padded to full shape and ``mask`` marks the real rows,
@@ -27,12 +33,12 @@ them before ``jax.device_put``), every array with the leading ``[devices, per_de
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-import queue
-import threading
-from typing import Any, Callable, Iterable, Iterator, Optional
+import os
+from typing import Any, Callable, Iterator, Optional
 
 from absl import flags
 import grain
@@ -40,17 +46,19 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
 from ssldml_jax import cli
-from ssldml_jax.data import build, records
+from ssldml_jax.data import build, records, tfds_common
 
 HOST_ONLY_KEYS = ("ecg_id", "patient_id")
 _LABEL_KEYS = ("pcwp", "age", "sex")
-# Records are read and decoded in the prefetch thread itself (about 140 us of CPU per 2500 x 12
-# record, mostly grain's per-record bookkeeping and zstd). grain's extra reader threads cost more
-# CPU per record than they save on a small host, and array_record serialises concurrent reads.
-_READ_OPTIONS = dict(num_threads=0, prefetch_buffer_size=0)
+
+
+class DamagedDataError(cli.RunError):
+  """A dataset's files cannot be read as this version writes them; the message names the dataset,
+  split and file (and record), and how to rebuild it."""
 
 
 # --- Config -------------------------------------------------------------------------------------
@@ -164,9 +172,14 @@ class _Records:
   """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
-               indices: Optional[np.ndarray] = None, subset: str = "all"):
+               indices: Optional[np.ndarray] = None, subset: str = "all", *,
+               checked: bool = False):
+    """``checked``: the features and files were checked already (a subset of checked records)."""
     self._name, self._split = builder.info.full_name, split
     self._indices, self._subset = indices, subset
+    if not checked:
+      _check_dataset(builder, split)
+    self._rate, _ = _stored_format(builder)
     ecg = builder.info.features["ecg"]
     if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
       self._source = builder.as_data_source(
@@ -178,7 +191,7 @@ class _Records:
     self._builder = builder
 
   def subset(self, indices: np.ndarray, name: str) -> "_Records":
-    return _Records(self._builder, self._split, indices, name)
+    return _Records(self._builder, self._split, indices, name, checked=True)
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
@@ -186,10 +199,90 @@ class _Records:
   def __getitem__(self, index: int) -> dict:
     if self._indices is not None:
       index = int(self._indices[index])
-    return self._decode(self._source[index])
+    try:
+      record = self._decode(self._source[index])
+    except Exception as e:  # pylint: disable=broad-except  # Any failure here is damage.
+      raise self._damaged(index, f"cannot be read ({_first_line(e)})") from None
+    if record["sampling_rate"] != self._rate:
+      raise self._damaged(index, f"({record['ecg_id']}) is at {record['sampling_rate']} Hz, but "
+                                 f"the dataset's rate is {self._rate} Hz")
+    return record
+
+  def _damaged(self, index: int, problem: str) -> DamagedDataError:
+    """The error for record ``index`` of the split, naming its file and its place there."""
+    where, offset = "", index
+    for instruction in self._builder.info.splits[self._split].file_instructions:
+      if offset < instruction.take:
+        where = f" (record {instruction.skip + offset} of {instruction.filename})"
+        break
+      offset -= instruction.take
+    return DamagedDataError(f"{self._name} split {self._split!r}: record {index}{where} {problem}; "
+                            + _rebuild_hint(self._builder))
 
   def __repr__(self) -> str:
     return f"Records({self._name}, split={self._split}, subset={self._subset}, n={len(self)})"
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
+
+
+def _rebuild_hint(builder: tfds.core.DatasetBuilder) -> str:
+  name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+  return (f"rebuild it with python -m ssldml_jax.data.build {name} "
+          f"--data_dir={builder.data_dir_root} --overwrite (and its --manual_dir, if any)")
+
+
+def _check_dataset(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  """Raises ``DamagedDataError`` unless ``split``'s shards are all there, readable and of the
+  sizes ``dataset_info.json`` lists, and the stored features are those this version writes."""
+  have = builder.info.features
+  stored = os.path.join(os.fspath(builder.data_path), "features.json")
+  if os.path.isfile(stored):  # What the records hold, which the builder's code may no longer say.
+    try:
+      have = tfds.features.FeatureConnector.from_config(os.fspath(builder.data_path))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedDataError(f"{builder.info.full_name}: {stored} cannot be read "
+                             f"({_first_line(e)}); " + _rebuild_hint(builder)) from None
+  if "ecg" not in have or len(have["ecg"].shape) != 2:
+    raise DamagedDataError(f"{builder.info.full_name}: no 'ecg' feature of shape (T, "
+                           f"{records.NUM_LEADS}); it was not written by this version; "
+                           + _rebuild_hint(builder))
+  want = tfds_common.ecg_features(int(have["ecg"].shape[0]))
+  for key, feature in want.items():
+    if key not in have:
+      problem = "is missing"
+    elif (have[key].np_dtype, tuple(have[key].shape)) != (feature.np_dtype, tuple(feature.shape)):
+      problem = (f"is {np.dtype(have[key].np_dtype).name} {list(have[key].shape)}, this version "
+                 f"writes {np.dtype(feature.np_dtype).name} {list(feature.shape)}")
+    else:
+      continue
+    raise DamagedDataError(f"{builder.info.full_name}: feature {key!r} {problem} (this version "
+                           f"writes {', '.join(want)}); " + _rebuild_hint(builder))
+  for instruction in builder.info.splits[split].file_instructions:
+    path = instruction.filename
+    where = f"{builder.info.full_name} split {split!r}: shard {path}"
+    if not os.path.isfile(path):
+      raise DamagedDataError(f"{where} is missing; " + _rebuild_hint(builder))
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      if not reader.ok():  # Its footer is gone (truncated) or it is not an array_record file.
+        try:
+          reader.read([0])
+          detail = ""
+        except Exception as e:  # pylint: disable=broad-except  # The reader's own words.
+          detail = f" ({_first_line(e)})"
+        raise DamagedDataError(f"{where} is damaged (truncated or overwritten){detail}; "
+                               + _rebuild_hint(builder))
+      if reader.num_records() != instruction.examples_in_shard:
+        raise DamagedDataError(f"{where} holds {reader.num_records()} records where "
+                               f"dataset_info.json lists {instruction.examples_in_shard}; "
+                               + _rebuild_hint(builder))
+    finally:
+      with contextlib.suppress(Exception):  # Closing a failed reader raises its error again.
+        reader.close()
 
 
 def _parse_example(raw: bytes, shape: tuple[int, int]) -> dict:
@@ -217,17 +310,9 @@ def _from_tfds(record: dict) -> dict:
           "sampling_rate": int(record["sampling_rate"])}
 
 
-class _ToExample(grain.transforms.Map):
-  """Checks a decoded record's rate and keeps the fields a batch carries."""
-
-  def __init__(self, stored_rate: int):
-    self._rate = stored_rate
-
-  def map(self, record: dict) -> dict:
-    if record["sampling_rate"] != self._rate:
-      raise ValueError(f"record {record['ecg_id']}: sampling rate {record['sampling_rate']} Hz, "
-                       f"but the dataset's is {self._rate} Hz")
-    return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
+def _example(record: dict) -> dict:
+  """The fields of a decoded record that a batch carries."""
+  return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
 
 
 def _text(value: Any) -> str:
@@ -298,10 +383,9 @@ class _LocalBatches:
   that grain's worker processes, which take items in turn, hand the batches back in order.
   """
 
-  def __init__(self, records: _Records, to_example: "_ToExample", *, shuffle: bool, seed: int,
-               start: int, global_batch: int, local_batch: int, process_index: int,
-               num_batches: int):
-    self._records, self._to_example = records, to_example
+  def __init__(self, records: _Records, *, shuffle: bool, seed: int, start: int,
+               global_batch: int, local_batch: int, process_index: int, num_batches: int):
+    self._records = records
     order = grain.MapDataset.range(len(records))
     # Indexing past the end continues into the next epoch, with the permutation of that epoch.
     self._order = order.shuffle(seed=seed) if shuffle else order
@@ -314,7 +398,7 @@ class _LocalBatches:
 
   def __getitem__(self, index: int) -> dict:
     first = self._first + int(index) * self._global_batch
-    examples = [self._to_example.map(self._records[self._order[position]])
+    examples = [_example(self._records[self._order[position]])
                 for position in range(first, first + self._local_batch)]
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
@@ -322,93 +406,57 @@ class _LocalBatches:
     return f"LocalBatches({self._records!r}, first={self._first}, n={self._num_batches})"
 
 
-# --- Background prefetch --------------------------------------------------------------------------
+# --- Iteration ----------------------------------------------------------------------------------
 
-_END = object()
+def _prefetched(dataset: grain.MapDataset, prefetch: int, num_workers: int) -> Iterator[dict]:
+  """Iterates ``dataset`` with grain preparing elements ahead of the consumer: ``prefetch`` of
+  them in one background thread (none when 0), or in each of ``num_workers`` worker processes.
 
-
-class _Failure:
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-class _Prefetcher:
-  """Runs a grain iterator ``depth`` batches ahead in a daemon thread."""
-
-  def __init__(self, iterator: Any, depth: int):
-    self._iterator = iterator
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="ssldml-prefetch", daemon=True)
-    self._thread.start()
-
-  def _run(self) -> None:
-    try:
-      for batch in self._iterator:
-        if not self._put(batch):
-          return
-      self._put(_END)
-    except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the consumer.
-      self._put(_Failure(e))
-
-  def _put(self, item: Any) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def next(self) -> dict:
-    item = self._queue.get()
-    if item is _END:
-      self._queue.put(_END)  # Stay exhausted on later calls.
-      raise StopIteration
-    if isinstance(item, _Failure):
-      self._queue.put(item)
-      raise item.error
-    return item
-
-  def stop(self) -> None:
-    self._stop.set()
-
-  def close(self) -> None:
-    self.stop()
-    self._thread.join()
+  An element's error is raised by ``next()`` in the consumer's thread.
+  """
+  read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+  iterable = dataset.to_iter_dataset(read)
+  if num_workers:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)))
+  iterator = iter(iterable)
+  iterator.start_prefetch()  # Now rather than at the first next(): overlaps with compiling.
+  return iterator
 
 
 class Batches:
-  """Batches from grain ``DataLoader``s, prefetched; a training stream's also tell their position.
+  """Batches of a grain dataset, prepared ahead; a training stream's also tell their position.
 
-  ``make_loader(start)`` makes the loader of the batches from stream position ``start``; a
-  position advances ``stride`` records a batch (the global batch). ``stream`` names the stream
-  (dataset, split, records, seed, shuffle) in the state, so that a state is only ever set on an
-  iterator of the same stream. ``num_examples``: the records of the split per epoch, over all
-  processes; ``steps_per_epoch``: the global batches they make (after ``require_pcwp``
-  filtering, unlike a count from ``dataset_info``).
+  ``make_dataset(start)`` makes the ``grain.MapDataset`` of the batches from stream position
+  ``start`` (None: no batches); a position advances ``stride`` records a batch (the global
+  batch). ``stream`` names the stream (dataset, split, records, seed, shuffle) in the state, so
+  that a state is only ever set on an iterator of the same stream. ``num_examples``: the records
+  of the split per epoch, over all processes; ``steps_per_epoch``: the global batches they make
+  (after ``require_pcwp`` filtering, unlike a count from ``dataset_info``).
   """
 
-  def __init__(self, make_loader: Callable[[int], Iterable[dict]], prefetch: int, *,
-               stride: int = 0, stream: Optional[dict] = None, num_examples: int = 0,
-               batch_size: int = 1):
-    self._make_loader, self._prefetch = make_loader, prefetch
+  def __init__(self, make_dataset: Callable[[int], Optional[grain.MapDataset]], *,
+               prefetch: int, num_workers: int, stride: int = 0, stream: Optional[dict] = None,
+               num_examples: int = 0, batch_size: int = 1):
+    self._make_dataset = make_dataset
+    self._prefetch, self._num_workers = prefetch, num_workers
     self._stride, self._stream = stride, stream or {}
     self.num_examples = num_examples
     self.steps_per_epoch = num_examples // batch_size
-    self._prefetcher = None
+    self._iterator: Iterator[dict] = iter(())
     self._start(0)
 
   def _start(self, position: int) -> None:
     self._position = position
-    self._iterator = iter(self._make_loader(position))
-    self._prefetcher = _Prefetcher(self._iterator, self._prefetch) if self._prefetch else None
+    dataset = self._make_dataset(position)
+    self._iterator = iter(()) if dataset is None else _prefetched(dataset, self._prefetch,
+                                                                 self._num_workers)
 
   def __iter__(self) -> "Batches":
     return self
 
   def __next__(self) -> dict:
-    batch = next(self._iterator) if self._prefetcher is None else self._prefetcher.next()
+    batch = next(self._iterator)
     self._position += self._stride
     return batch
 
@@ -435,14 +483,11 @@ class Batches:
     self._start(position)
 
   def close(self) -> None:
-    """Stops the prefetch thread (also done when the iterator is garbage-collected)."""
-    if self._prefetcher is not None:
-      self._prefetcher.close()
-      self._prefetcher = None
-
-  def __del__(self) -> None:
-    if getattr(self, "_prefetcher", None) is not None:
-      self._prefetcher.stop()
+    """Stops grain's prefetching (its thread or worker processes)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+    self._iterator = iter(())
 
 
 # --- Entry points -------------------------------------------------------------------------------
@@ -491,33 +536,28 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
         f"{builder.info.full_name} split {split!r}"
         + (" with a known pcwp" if require_pcwp else ""))
   seed = int(seed) % 2**32
-  to_example = _ToExample(stored_rate)
   to_batch = _ToDeviceBatch(stored_rate=stored_rate, rate=settings["rate"],
                             bandpass=settings["bandpass"], num_devices=num_devices,
                             per_device=settings["per_device"])
 
-  def make_loader(start: int) -> Iterable[dict]:
+  def make_dataset(start: int) -> Optional[grain.MapDataset]:
     if num_epochs is None:
       num_batches = _ENDLESS_BATCHES
     else:
       num_batches = max(num_epochs * len(source) - start, 0) // global_batch
     if not num_batches:
-      return ()
-    batches = _LocalBatches(source, to_example, shuffle=settings["shuffle"], seed=seed,
-                            start=start, global_batch=global_batch, local_batch=local_batch,
+      return None
+    batches = _LocalBatches(source, shuffle=settings["shuffle"], seed=seed, start=start,
+                            global_batch=global_batch, local_batch=local_batch,
                             process_index=index, num_batches=num_batches)
-    # The stream is split over processes by _LocalBatches, so the loader itself shards nothing.
-    return grain.DataLoader(
-        data_source=batches,
-        sampler=grain.samplers.IndexSampler(num_records=num_batches, shuffle=False, num_epochs=1),
-        operations=[to_batch],
-        worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
+    return grain.MapDataset.source(batches).map(to_batch)
 
   stream = {"dataset": builder.info.full_name, "split": split, "records": len(source),
             "subset": "known_pcwp" if require_pcwp else "all", "seed": seed,
             "shuffle": settings["shuffle"]}
-  return Batches(make_loader, settings["prefetch"], stride=global_batch, stream=stream,
-                 num_examples=len(source), batch_size=global_batch)
+  return Batches(make_dataset, prefetch=settings["prefetch"], num_workers=settings["num_workers"],
+                 stride=global_batch, stream=stream, num_examples=len(source),
+                 batch_size=global_batch)
 
 
 class EvalBatches:
@@ -547,19 +587,14 @@ class EvalBatches:
   def __iter__(self) -> Iterator[dict]:
     produced = 0
     if len(self._source):
-      sampler = grain.samplers.IndexSampler(num_records=len(self._source), shuffle=False,
-                                            num_epochs=1)
-      loader = grain.DataLoader(
-          data_source=self._source, sampler=sampler, shard_options=grain.sharding.NoSharding(),
-          operations=[_ToExample(self._stored_rate),
-                      grain.transforms.Batch(batch_size=self._batch_size, drop_remainder=False),
-                      _ToDeviceBatch(stored_rate=self._stored_rate, rate=self._settings["rate"],
+      dataset = (grain.MapDataset.source(self._source).map(_example)
+                 .batch(self._batch_size, drop_remainder=False)
+                 .map(_ToDeviceBatch(stored_rate=self._stored_rate, rate=self._settings["rate"],
                                      bandpass=self._settings["bandpass"],
                                      num_devices=self._num_devices,
-                                     per_device=self._settings["eval_per_device"])],
-          worker_count=self._settings["num_workers"],
-          read_options=grain.ReadOptions(**_READ_OPTIONS))
-      batches = Batches(lambda start: loader, self._settings["prefetch"])
+                                     per_device=self._settings["eval_per_device"])))
+      batches = Batches(lambda start: dataset, prefetch=self._settings["prefetch"],
+                        num_workers=self._settings["num_workers"])
       try:
         for batch in batches:
           produced += 1

@@ -6,7 +6,6 @@ familiar 1 mm = 40 ms x 0.1 mV and 5 mm = 200 ms x 0.5 mV, whatever the sampling
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
@@ -14,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from ssldml_jax import atomic
 from ssldml_jax.data.records import LEADS, NUM_LEADS
 
 MM_PER_S = 25.0
@@ -98,7 +98,6 @@ def plot_12lead(ecg_mv: np.ndarray, sampling_rate: float, path: str,
   ax.set_ylim(0.0, height_mm)
   ax.set_aspect("equal")
   ax.axis("off")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=200)
+  with atomic.replacing(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=200)
   return path
