@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -48,6 +49,18 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
 
 
+class _QuietNoSpace(logging.Filter):
+  """Drops orbax's error records of a save that failed for lack of space (one traceback from
+  each of its threads): ``Checkpoints`` reports that failure as one sentence."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not atomic.is_no_space(error)
+
+
+_QUIET_NO_SPACE = _QuietNoSpace()
+
+
 class Checkpoints:
   """The checkpoints of one workdir: ``<workdir>/checkpoints/<step>/{state,meta}``."""
 
@@ -57,6 +70,7 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir)
     self.read_only = read_only
+    logging.getLogger("absl").addFilter(_QUIET_NO_SPACE)  # orbax logs through absl.
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep,
         create=not read_only,

@@ -60,6 +60,14 @@ def test_a_workdir_that_is_a_file_stops_the_program_with_one_line(tmp_path):
                    "choose another path"], out.stderr
 
 
+def test_a_read_only_data_directory_can_be_read(ecg_synth_tiny, data_dir, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(tempfile, "mkstemp", refuse)  # No file can be created anywhere.
+  assert build.ensure_built("ecg_synth/tiny", data_dir).is_prepared()
+
+
 def test_a_data_directory_that_is_a_file_is_named(tmp_path):
   (tmp_path / "data").write_text("x")
   with pytest.raises(build.DatasetError, match=r"data directory .*/data is a file"):
