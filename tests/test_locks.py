@@ -122,7 +122,7 @@ def test_waiting_for_a_holder_that_finishes(tmp_path):
   waiter.release()
 
 
-def _contend(path: str, barrier, results) -> None:
+def _contend(path: str, barrier, results, done) -> None:
   barrier.wait()
   lock = locks.HolderLock(path, "workdir w")
   try:
@@ -131,20 +131,33 @@ def _contend(path: str, barrier, results) -> None:
     results.put("refused")
     return
   results.put("took")
-  time.sleep(1.0)  # Hold it while the others try.
+  done.wait(30)  # Hold it until every other process has tried.
   lock.release()
 
 
-def test_only_one_of_several_processes_takes_a_stale_lock(tmp_path):
+def test_only_one_of_several_processes_takes_a_stale_lock(tmp_path, monkeypatch):
   path = str(tmp_path / "lock.json")
-  _plant(path, host=socket.gethostname(), pid=_dead_pid())
+  judge = locks.HolderLock.stale_reason
+
+  def slow_judge(self, holder):
+    reason = judge(self, holder)
+    time.sleep(0.2)  # Every process finds the lock stale before any of them acts on it.
+    return reason
+
+  monkeypatch.setattr(locks.HolderLock, "stale_reason", slow_judge)  # Forked processes too.
   context = multiprocessing.get_context("fork")
-  barrier, results = context.Barrier(4), context.Queue()
-  workers = [context.Process(target=_contend, args=(path, barrier, results)) for _ in range(4)]
-  for w in workers:
-    w.start()
-  for w in workers:
-    w.join(30)
-  outcomes = sorted(results.get(timeout=5) for _ in workers)
-  assert outcomes == ["refused"] * 3 + ["took"], outcomes
-  assert not os.path.exists(path) and not os.path.exists(path + ".takeover")
+  for _ in range(2):
+    _plant(path, host=socket.gethostname(), pid=_dead_pid())
+    barrier, results, done = context.Barrier(4), context.Queue(), context.Event()
+    workers = [context.Process(target=_contend, args=(path, barrier, results, done))
+               for _ in range(4)]
+    for w in workers:
+      w.start()
+    try:
+      outcomes = sorted(results.get(timeout=30) for _ in workers)
+    finally:
+      done.set()
+      for w in workers:
+        w.join(30)
+    assert outcomes == ["refused"] * 3 + ["took"], outcomes
+    assert not os.path.exists(path) and not os.path.exists(path + ".takeover")
