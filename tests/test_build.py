@@ -106,7 +106,9 @@ def test_a_multi_process_run_builds_once_and_stops_together_on_sigterm(tmp_path)
     os.kill(second, signal.SIGTERM)
     out, _ = launched.communicate(timeout=300)
   finally:
-    if launched.poll() is None:
+    if launched.poll() is None:  # Its processes first: killing the launcher leaves them running.
+      for child in _children(launched.pid):
+        os.kill(child, signal.SIGKILL)
       launched.kill()
       launched.wait()
   texts = [open(p).read() for p in paths]
