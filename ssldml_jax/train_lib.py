@@ -246,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``checkpoint.CheckpointError`` when the workdir's checkpoints are all unreadable; and
   ``cli.RunError``s: ``locks.LockHeld`` when another run uses the workdir,
   ``preemption.Preempted`` after a checkpoint saved on SIGTERM, ``atomic.DiskFullError``,
-  ``pipeline.DamagedDataError``.
+  ``integrity.DamagedDataError``.
   """
   validate_config(config)
   with workdirs.exclusive(workdir) as workdir, preemption.notice() as notice:

@@ -22,7 +22,7 @@ import pytest
 from array_record.python import array_record_module
 
 from ssldml_jax import atomic, checkpoint, cli, metrics_log, train_lib
-from ssldml_jax.data import build, pipeline
+from ssldml_jax.data import build, integrity, pipeline
 from ssldml_jax.eval import tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +165,7 @@ def test_a_damaged_dataset_is_named_when_opened(ecg_synth_tiny, data_dir, tmp_pa
   damage(shard)
   config = _config()
   config.data.data_dir = root
-  with pytest.raises(pipeline.DamagedDataError) as caught:
+  with pytest.raises(integrity.DamagedDataError) as caught:
     pipeline.make_train_iterator(config.data, seed=0)
   message = str(caught.value)
   assert re.search(r"^ecg_synth/tiny/1.0.0(:| split 'unlabeled':) " + problem.format(
@@ -226,7 +226,7 @@ def test_a_record_that_does_not_decode_stops_training_with_the_last_checkpoint_i
   config.train.num_steps = bad_step + 2
   workdir = str(tmp_path / "run")
   # grain reads ahead in its thread; the error reaches this (the main) thread at that step.
-  with pytest.raises(pipeline.DamagedDataError, match=(
+  with pytest.raises(integrity.DamagedDataError, match=(
       rf"^ecg_synth/tiny/1.0.0 split 'unlabeled': record {index} \(record {index} of "
       rf"{re.escape(shard)}\) cannot be read \(RuntimeError: .*; rebuild it with ")):
     train_lib.train_and_evaluate(config, workdir)
@@ -244,7 +244,7 @@ def test_a_worker_process_reports_a_damaged_record_the_same_way(ecg_synth_tiny, 
   config.data.data_dir = root
   it = pipeline.make_train_iterator(config.data, seed=0)
   try:
-    with pytest.raises(pipeline.DamagedDataError,
+    with pytest.raises(integrity.DamagedDataError,
                        match=rf"split 'unlabeled': record {index} \(record {index} of "):
       for _ in range(8):  # 256 records: every record of the split once at least.
         next(it)
