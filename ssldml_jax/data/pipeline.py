@@ -16,10 +16,10 @@ of them in a background thread, or in each of ``config.data.num_workers`` worker
 ``get_state()`` is the stream position after the last batch *handed out* (not the last one
 prefetched), the same on every process, so a checkpoint resumes mid-epoch exactly.
 
-Damaged data stops the run with a ``DamagedDataError`` that names the dataset, the split and the
-file (and the record where known), raised in the consumer's thread: shards that are missing,
-truncated or hold another number of records, and features other than this version writes, are
-found when an iterator is made; a record that does not decode, when it is read.
+Damaged data stops the run with an ``integrity.DamagedDataError`` that names the dataset, the
+split and the file (and the record where known), raised in the consumer's thread: damaged shards
+and features are found when an iterator is made (``integrity.check_dataset``), a record that does
+not decode when it is read.
 
 Evaluation batches visit every example of a split exactly once over all processes: each process
 takes a contiguous slice, the last batch is padded to full shape and ``mask`` marks the real rows,
@@ -33,11 +33,9 @@ them before ``jax.device_put``), every array with the leading ``[devices, per_de
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-import os
 from typing import Any, Callable, Iterator, Optional
 
 from absl import flags
@@ -46,19 +44,13 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
 from ssldml_jax import cli
-from ssldml_jax.data import build, records, tfds_common
+from ssldml_jax.data import build, integrity, records
 
 HOST_ONLY_KEYS = ("ecg_id", "patient_id")
 _LABEL_KEYS = ("pcwp", "age", "sex")
-
-
-class DamagedDataError(cli.RunError):
-  """A dataset's files cannot be read as this version writes them; the message names the dataset,
-  split and file (and record), and how to rebuild it."""
 
 
 # --- Config -------------------------------------------------------------------------------------
@@ -178,7 +170,7 @@ class _Records:
     self._name, self._split = builder.info.full_name, split
     self._indices, self._subset = indices, subset
     if not checked:
-      _check_dataset(builder, split)
+      integrity.check_dataset(builder, split)
     self._rate, _ = _stored_format(builder)
     ecg = builder.info.features["ecg"]
     if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
@@ -202,87 +194,15 @@ class _Records:
     try:
       record = self._decode(self._source[index])
     except Exception as e:  # pylint: disable=broad-except  # Any failure here is damage.
-      raise self._damaged(index, f"cannot be read ({_first_line(e)})") from None
+      raise integrity.damaged_record(self._builder, self._split, index, e) from None
     if record["sampling_rate"] != self._rate:
-      raise self._damaged(index, f"({record['ecg_id']}) is at {record['sampling_rate']} Hz, but "
-                                 f"the dataset's rate is {self._rate} Hz")
+      raise integrity.damaged_record(
+          self._builder, self._split, index, f"({record['ecg_id']}) is at "
+          f"{record['sampling_rate']} Hz, but the dataset's rate is {self._rate} Hz")
     return record
-
-  def _damaged(self, index: int, problem: str) -> DamagedDataError:
-    """The error for record ``index`` of the split, naming its file and its place there."""
-    where, offset = "", index
-    for instruction in self._builder.info.splits[self._split].file_instructions:
-      if offset < instruction.take:
-        where = f" (record {instruction.skip + offset} of {instruction.filename})"
-        break
-      offset -= instruction.take
-    return DamagedDataError(f"{self._name} split {self._split!r}: record {index}{where} {problem}; "
-                            + _rebuild_hint(self._builder))
 
   def __repr__(self) -> str:
     return f"Records({self._name}, split={self._split}, subset={self._subset}, n={len(self)})"
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  line = text.splitlines()[0] if text else ""
-  return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
-
-
-def _rebuild_hint(builder: tfds.core.DatasetBuilder) -> str:
-  name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-  return (f"rebuild it with python -m ssldml_jax.data.build {name} "
-          f"--data_dir={builder.data_dir_root} --overwrite (and its --manual_dir, if any)")
-
-
-def _check_dataset(builder: tfds.core.DatasetBuilder, split: str) -> None:
-  """Raises ``DamagedDataError`` unless ``split``'s shards are all there, readable and of the
-  sizes ``dataset_info.json`` lists, and the stored features are those this version writes."""
-  have = builder.info.features
-  stored = os.path.join(os.fspath(builder.data_path), "features.json")
-  if os.path.isfile(stored):  # What the records hold, which the builder's code may no longer say.
-    try:
-      have = tfds.features.FeatureConnector.from_config(os.fspath(builder.data_path))
-    except Exception as e:  # pylint: disable=broad-except
-      raise DamagedDataError(f"{builder.info.full_name}: {stored} cannot be read "
-                             f"({_first_line(e)}); " + _rebuild_hint(builder)) from None
-  if "ecg" not in have or len(have["ecg"].shape) != 2:
-    raise DamagedDataError(f"{builder.info.full_name}: no 'ecg' feature of shape (T, "
-                           f"{records.NUM_LEADS}); it was not written by this version; "
-                           + _rebuild_hint(builder))
-  want = tfds_common.ecg_features(int(have["ecg"].shape[0]))
-  for key, feature in want.items():
-    if key not in have:
-      problem = "is missing"
-    elif (have[key].np_dtype, tuple(have[key].shape)) != (feature.np_dtype, tuple(feature.shape)):
-      problem = (f"is {np.dtype(have[key].np_dtype).name} {list(have[key].shape)}, this version "
-                 f"writes {np.dtype(feature.np_dtype).name} {list(feature.shape)}")
-    else:
-      continue
-    raise DamagedDataError(f"{builder.info.full_name}: feature {key!r} {problem} (this version "
-                           f"writes {', '.join(want)}); " + _rebuild_hint(builder))
-  for instruction in builder.info.splits[split].file_instructions:
-    path = instruction.filename
-    where = f"{builder.info.full_name} split {split!r}: shard {path}"
-    if not os.path.isfile(path):
-      raise DamagedDataError(f"{where} is missing; " + _rebuild_hint(builder))
-    reader = array_record_module.ArrayRecordReader(path)
-    try:
-      if not reader.ok():  # Its footer is gone (truncated) or it is not an array_record file.
-        try:
-          reader.read([0])
-          detail = ""
-        except Exception as e:  # pylint: disable=broad-except  # The reader's own words.
-          detail = f" ({_first_line(e)})"
-        raise DamagedDataError(f"{where} is damaged (truncated or overwritten){detail}; "
-                               + _rebuild_hint(builder))
-      if reader.num_records() != instruction.examples_in_shard:
-        raise DamagedDataError(f"{where} holds {reader.num_records()} records where "
-                               f"dataset_info.json lists {instruction.examples_in_shard}; "
-                               + _rebuild_hint(builder))
-    finally:
-      with contextlib.suppress(Exception):  # Closing a failed reader raises its error again.
-        reader.close()
 
 
 def _parse_example(raw: bytes, shape: tuple[int, int]) -> dict:
