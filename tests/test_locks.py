@@ -122,7 +122,17 @@ def test_waiting_for_a_holder_that_finishes(tmp_path):
   waiter.release()
 
 
+def _slow_judge(judge):
+  def slow(self, holder):
+    reason = judge(self, holder)
+    time.sleep(0.2)  # Every process finds the lock stale before any of them acts on it.
+    return reason
+  return slow
+
+
 def _contend(path: str, barrier, results, done) -> None:
+  """One of several processes that find the same stale lock (in a fresh interpreter)."""
+  locks.HolderLock.stale_reason = _slow_judge(locks.HolderLock.stale_reason)
   barrier.wait()
   lock = locks.HolderLock(path, "workdir w")
   try:
@@ -131,21 +141,14 @@ def _contend(path: str, barrier, results, done) -> None:
     results.put("refused")
     return
   results.put("took")
-  done.wait(30)  # Hold it until every other process has tried.
+  done.wait(60)  # Hold it until every other process has tried.
   lock.release()
 
 
-def test_only_one_of_several_processes_takes_a_stale_lock(tmp_path, monkeypatch):
+def test_only_one_of_several_processes_takes_a_stale_lock(tmp_path):
   path = str(tmp_path / "lock.json")
-  judge = locks.HolderLock.stale_reason
-
-  def slow_judge(self, holder):
-    reason = judge(self, holder)
-    time.sleep(0.2)  # Every process finds the lock stale before any of them acts on it.
-    return reason
-
-  monkeypatch.setattr(locks.HolderLock, "stale_reason", slow_judge)  # Forked processes too.
-  context = multiprocessing.get_context("fork")
+  # Fresh interpreters: forking this process, whose JAX runs threads, could deadlock.
+  context = multiprocessing.get_context("spawn")
   for _ in range(2):
     _plant(path, host=socket.gethostname(), pid=_dead_pid())
     barrier, results, done = context.Barrier(4), context.Queue(), context.Event()
@@ -154,10 +157,10 @@ def test_only_one_of_several_processes_takes_a_stale_lock(tmp_path, monkeypatch)
     for w in workers:
       w.start()
     try:
-      outcomes = sorted(results.get(timeout=30) for _ in workers)
+      outcomes = sorted(results.get(timeout=120) for _ in workers)
     finally:
       done.set()
       for w in workers:
-        w.join(30)
+        w.join(60)
     assert outcomes == ["refused"] * 3 + ["took"], outcomes
     assert not os.path.exists(path) and not os.path.exists(path + ".takeover")
