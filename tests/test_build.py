@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ssldml_jax.data import build
+from ssldml_jax.data import build, ecg_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "ecg_synth/tiny"
@@ -33,7 +33,8 @@ def _wait_for(paths, text: str, proc, timeout: float = 180) -> None:
 
 def _assert_one_complete_dataset(data_dir: str) -> None:
   config_dir = os.path.join(data_dir, "ecg_synth", "tiny")
-  assert sorted(os.listdir(config_dir)) == ["1.0.0"]  # No other version, temporary dir or lock.
+  # No other version, temporary dir or lock.
+  assert sorted(os.listdir(config_dir)) == [str(ecg_synth.EcgSynth.VERSION)]
   builder = build.make_builder(TINY, data_dir)
   assert builder.is_prepared()
   assert {s: len(builder.as_data_source(s)) for s in SIZES} == SIZES

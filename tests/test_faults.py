@@ -22,11 +22,12 @@ import pytest
 from array_record.python import array_record_module
 
 from ssldml_jax import atomic, checkpoint, cli, metrics_log, train_lib
-from ssldml_jax.data import build, integrity, pipeline
+from ssldml_jax.data import build, ecg_synth, integrity, pipeline
 from ssldml_jax.eval import tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = "configs/ssl_dml_euclidean.py:tiny"
+VERSION = str(ecg_synth.EcgSynth.VERSION)
 TINY = "ecg_synth/tiny"
 OVERRIDES = {
     "data.per_device_batch_size": 4,   # x 8 devices: a global batch of 32.
@@ -112,7 +113,7 @@ def _copy_dataset(data_dir: str, tmp_path) -> tuple[str, str]:
   root = str(tmp_path / "data")
   shutil.copytree(os.path.join(data_dir, "ecg_synth", "tiny"),
                   os.path.join(root, "ecg_synth", "tiny"))
-  version = os.path.join(root, "ecg_synth", "tiny", "1.0.0")
+  version = os.path.join(root, "ecg_synth", "tiny", VERSION)
   return root, os.path.join(version, "ecg_synth-unlabeled.array_record-00000-of-00001")
 
 
@@ -168,7 +169,8 @@ def test_a_damaged_dataset_is_named_when_opened(ecg_synth_tiny, data_dir, tmp_pa
   with pytest.raises(integrity.DamagedDataError) as caught:
     pipeline.make_train_iterator(config.data, seed=0)
   message = str(caught.value)
-  assert re.search(r"^ecg_synth/tiny/1.0.0(:| split 'unlabeled':) " + problem.format(
+  name = f"ecg_synth/tiny/{re.escape(VERSION)}"
+  assert re.search(rf"^{name}(:| split 'unlabeled':) " + problem.format(
       shard=re.escape(shard)), message), message
   assert message.endswith(f"rebuild it with python -m ssldml_jax.data.build ecg_synth/tiny "
                           f"--data_dir={root} --overwrite (and its --manual_dir, if any)")
@@ -227,7 +229,8 @@ def test_a_record_that_does_not_decode_stops_training_with_the_last_checkpoint_i
   workdir = str(tmp_path / "run")
   # grain reads ahead in its thread; the error reaches this (the main) thread at that step.
   with pytest.raises(integrity.DamagedDataError, match=(
-      rf"^ecg_synth/tiny/1.0.0 split 'unlabeled': record {index} \(record {index} of "
+      rf"^ecg_synth/tiny/{re.escape(VERSION)} split 'unlabeled': record {index} "
+      rf"\(record {index} of "
       rf"{re.escape(shard)}\) cannot be read \(RuntimeError: .*; rebuild it with ")):
     train_lib.train_and_evaluate(config, workdir)
   assert _logged_steps(workdir) == list(range(1, bad_step))
@@ -294,7 +297,8 @@ def test_full_disk_during_a_build_leaves_no_dataset(tmp_path):
   data_dir = str(tmp_path / "data")
   with _file_size_limit(64_000):
     with pytest.raises(atomic.DiskFullError, match=(
-        r"^no space to write dataset ecg_synth/tiny/1.0.0 \(File too large\): it needs more "
+        rf"^no space to write dataset ecg_synth/tiny/{re.escape(VERSION)} \(File too large\): "
+        r"it needs more "
         rf"than [\d.]+ kB, [\d.]+ [kMGT]?B free in {re.escape(data_dir)}/ecg_synth/tiny; the "
         r"partial build is removed; free some space and build again$")):
       build.build(TINY, data_dir)
