@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ssldml_jax import cli, parallel
+from ssldml_jax import cli, parallel, workdirs
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -23,6 +23,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   logging.set_verbosity(logging.ERROR)  # TFDS / orbax INFO lines would bury the tables.
 
+  workdir = workdirs.prepare(workdir)
   outcome = probe_lib.run_probe(config, workdir)
   made = report.write_report([outcome], config, workdir)
   for stem in ("classification", "regression"):

@@ -2,7 +2,8 @@
 
 1. Builds ``config.data.name`` if it is missing, prints the cohort (ECGs, patients, mPCWP > 18
    prevalence, sex and age bands per split; also ``tables/cohort.*``) and draws one test ECG as
-   a standard 12-lead page (``plots/example_ecg.png``).
+   a standard 12-lead page (``plots/example_ecg.png``); for the synthetic cohort, one page per
+   heart condition it models (``plots/conditions/``).
 2. Pretrains every trainable method of ``config.methods`` (names of ``ssldml_jax.methods``) once
    per pretraining seed (``config.pretrain_seeds``) in ``pretrain/<method>/seed<k>/``, each with
    its stage of this config (``methods.stage_config``: the shared sections and the keys that
@@ -34,7 +35,8 @@ none of them.
 
 Every stage is skipped when its outputs exist: a finished pretraining (checkpoint at its last
 step), a finished probe (``probe_results.json``); an interrupted pretraining resumes from its
-checkpoint. Deleting a file or directory redoes just that part (and the report after it).
+checkpoint. Deleting a file or directory redoes just that part (and the report after it). One job
+at a time per workdir (``workdirs.exclusive``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Iterable, Sequence
 import ml_collections
 import numpy as np
 
-from ssldml_jax import cli, methods as methods_lib, parallel
+from ssldml_jax import cli, methods as methods_lib, parallel, preemption, workdirs
 
 # Keys of the main job's own (no stage reads them).
 JOB_KEYS = ("methods", "example_ecg_split", "pretrain_seeds", "compare_to")
@@ -248,7 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   from ssldml_jax.data import build, plot_ecg
   from ssldml_jax.eval import cohort_table, premise, probe_lib, tables
 
-  os.makedirs(root, exist_ok=True)
+  root = workdirs.prepare(workdir)
   clock = _Clock(total=3 + len(job_stages))
 
   clock.banner(f"data: {config.data.name}")
@@ -273,6 +275,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
                          title=f"{example['ecg_id']} ({config.data.name}, "
                                f"{config.example_ecg_split})")
   print(f"example ECG: {example_path}", flush=True)
+  if config.data.name.split("/")[0] == "ecg_synth":
+    pages = os.path.join(root, "plots", "conditions")
+    if chief and not os.path.isdir(pages):
+      # Written to a temporary folder first: a folder that exists holds every page.
+      plot_ecg.plot_conditions(pages + ".tmp",
+                               sampling_rate=int(builder.builder_config.sampling_rate),
+                               seed=int(config.pretrain_seeds[0]))
+      os.replace(pages + ".tmp", pages)
+    print(f"one 12-lead page per condition of the synthetic cohort: {pages}", flush=True)
 
   rows_ok, notes = _drawable_rows(config, builder)
   if config.compare_to and config.compare_to not in methods:
@@ -361,7 +372,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   # Library INFO lines (TFDS, orbax) would bury the progress bars and the tables.
   logging.set_verbosity(logging.ERROR)
   try:
-    run(config, workdir, cli.overrides())
+    # One job per workdir; SIGTERM between pretrainings stops it at once (every output is
+    # written atomically), during one it saves a checkpoint first.
+    with workdirs.exclusive(workdir), preemption.notice(interrupt=True):
+      run(config, workdir, cli.overrides())
   except (train_lib.NonFiniteError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -36,10 +36,16 @@ def _check_tables(config, root):
     body = tables.read_markdown_body(f.read())
   with open(os.path.join(root, "tables", "classification.tex")) as f:
     latex = tables.read_latex_body(f.read())
+  with open(os.path.join(root, "tables", "classification.csv")) as f:
+    header, *csv_body = csv.reader(f)
+  assert header == ["Method", "n", "AUROC", "AUPRC", "F1", "Accuracy", "Sensitivity",
+                    "Specificity", "PPV", "NPV"]
+  assert csv_body == body  # Every row and cell, as in Markdown.
   assert [r[0] for r in body] == ["SSL-DML (Euclidean)", "Supervised", "Random encoder"]
+  assert [r[0] for r in latex] == [r[0] for r in body] and len(latex) == len(body)
   n_test = len(_labels(config, "test")["ecg_id"])
   for row, tex in zip(body, latex):
-    assert row[1] == str(n_test)
+    assert len(row) == len(tex) == len(header) and row[1] == tex[1] == str(n_test)
     for cell, tex_cell in zip(row[2:4], tex[2:4]):  # AUROC, AUPRC: same numbers in LaTeX
       point, low, high, sd, _ = tables.cell_parts(cell)
       assert 0.0 <= low <= point <= high <= 1.0 and sd >= 0.0  # two pretraining seeds: an SD
@@ -70,7 +76,7 @@ def _check_predictions(config, root):
       assert 0.0 < float(r["y_score_binary"]) < 1.0
       assert np.isfinite(float(r["y_score_regression"]))
   for name in ("example_ecg", "roc_pr", "calibration", "embedding_random",
-               "embedding_ssl_dml_euclidean"):
+               "embedding_ssl_dml_euclidean", "conditions/00_normal", "conditions/01_lbbb"):
     with open(os.path.join(root, "plots", name + ".png"), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

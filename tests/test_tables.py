@@ -30,39 +30,92 @@ def _rows():
   ]
 
 
-def _numbers(table):
-  return [[T.parse_cell(c) for c in row[2:]] for row in table.body]
+def _same_result(a, b) -> bool:
+  """Two ``cell_parts`` (point, low, high, SD, note), NaN (n/a, no interval) equal to NaN."""
+  return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+             for x, y in zip(a, b, strict=True))
 
 
-def _same(a, b):
-  return all(x == pytest.approx(y, abs=5e-4) or (math.isnan(x) and math.isnan(y))
-             for ra, rb in zip(a, b) for ca, cb in zip(ra, rb) for x, y in zip(ca, cb))
+def _latex_lines(tex: str) -> list[list[str]]:
+  """Header and body cells of a table written by ``to_latex``."""
+  header = tex.split(r"\toprule", 1)[1].split(r"\midrule", 1)[0].strip()
+  return [[c.strip() for c in header.removesuffix(r"\\").split(" & ")]] + T.read_latex_body(tex)
 
 
-def test_classification_table_round_trips(tmp_path):
+def assert_round_trip(table: T.Table, path_stem: str) -> None:
+  """The three files of ``table`` read back to exactly its header and body: every row, every
+  cell; LaTeX's cells to the same numbers (its own dash and minus) or the escaped text."""
+  md, text_csv, tex = (open(p, encoding="utf-8").read() for p in T.write_table(table, path_stem))
+  want = [list(table.header)] + [list(row) for row in table.body]
+  assert list(csv.reader(io.StringIO(text_csv))) == want
+  assert T.read_markdown_body(md) == want[1:]
+  header, rule = [line for line in md.splitlines() if line.startswith("|")][:2]
+  assert T.read_markdown_body("\n".join([header, rule, header])) == want[:1]
+  assert (f"**{table.caption}**" in md) == bool(table.caption)
+  got = _latex_lines(tex)
+  assert len(got) == len(want)
+  for line, wanted in zip(got, want):
+    assert len(line) == len(wanted), (line, wanted)
+    for cell, text in zip(line, wanted):
+      try:
+        number = T.cell_parts(text)
+      except ValueError:
+        assert cell == T.latex_escape(text)
+      else:
+        assert _same_result(T.cell_parts(cell, latex=True), number), (cell, text)
+
+
+def _tables() -> dict:
+  rows = _rows()
+  odd = [T.Row("A|B & C_1", "binary", "auroc", -0.5, -0.75, 0.25, 7)]  # escaped in md and tex
+  from ssldml_jax.eval import comparisons, premise, significance
+
+  diff = significance.Difference(0.8, 0.75, 0.05, -0.012, 0.11, 0.0004, 1000)
+  compared = [comparisons.Comparison("ssl", "random", "binary", "100%", "auroc", diff, 0.02),
+              comparisons.Comparison("ssl", "simclr", "regression", "1%", "rmse", diff, 0.7)]
+  premises = [premise.Premise(m, 30, 1920, {k: (v, v - 0.25, v + 0.5) for k in premise.STATS})
+              for m, v in (("dtw", 0.5), ("euclidean", -0.125))]
+  return {"classification": T.classification_table(rows + odd, caption="Elevated mPCWP"),
+          "regression": T.regression_table(
+              rows + [T.Row("random_init", "regression", "mae", 6.5, math.nan, math.nan, 480)]),
+          "subgroups": T.subgroup_table(rows),
+          "fractions": T.label_fraction_table(rows),
+          "group_tests": T.group_test_table(_group_tests()),
+          "comparisons": comparisons.table(compared, {"ssl": "SSL & co"}, "linear"),
+          "pretext": premise.table(premises, {}, 18.0)}
+
+
+def _group_tests():
+  return [("SSL-DML", "binary", S.GroupTest("auroc", "female", "male", "DeLong", 0.8, 0.75, 0.05,
+                                            -0.02, 0.12, 0.012, 100, 120, 40, 50, 0.3, 0.25)),
+          ("SSL-DML", "regression", S.GroupTest("rmse", "female", "male", "bootstrap", 7.0, 8.0,
+                                                -1.0, -2.0, 0.1, 0.04, 100, 120, 40, 50,
+                                                math.nan, math.nan)),
+          ("Random", "binary", S.GroupTest("auroc", "18-35", ">=75", "DeLong", 0.7, 0.7, 0.0,
+                                           -0.1, 0.1, math.nan, 10, 12, 4, 5, 0.2, 0.1))]
+
+
+@pytest.mark.parametrize("name", sorted(_tables()))
+def test_tables_round_trip_exactly(name, tmp_path):
+  table = _tables()[name]
+  assert len(table.body) >= 2 and all(len(r) == len(table.header) for r in table.body)
+  assert_round_trip(table, str(tmp_path / "sub" / name))
+
+
+def test_classification_table_cells():
   table = T.classification_table(_rows())
   assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy", "Sensitivity",
                           "Specificity", "PPV", "NPV")
-  assert table.body[0][:5] == ("SSL-DML", "500", "0.812 (0.790-0.834)", "0.610 (0.550-0.670)",
-                               "0.580 (0.520-0.630) \u00b10.012 *")
-  assert table.body[1][1:] == ("480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700") + ("n/a",) * 4
-  paths = T.write_table(table, str(tmp_path / "sub" / "classification"))
-  md, text_csv, tex = (open(p).read() for p in paths)
-  want = _numbers(table)
-  assert want[0][0] == pytest.approx((0.812, 0.790, 0.834))
-  md_body = T.read_markdown_body(md)
-  csv_rows = list(csv.reader(io.StringIO(text_csv)))
-  tex_body = T.read_latex_body(tex)
-  assert tuple(csv_rows[0]) == table.header
-  assert _same([[T.parse_cell(c) for c in r[2:]] for r in md_body], want)
-  assert _same([[T.parse_cell(c) for c in r[2:]] for r in csv_rows[1:]], want)
-  assert _same([[T.parse_cell(c, latex=True) for c in r[2:]] for r in tex_body], want)
-  assert [r[0] for r in tex_body] == ["SSL-DML", "random\\_init"]
+  assert table.body == (("SSL-DML", "500", "0.812 (0.790-0.834)", "0.610 (0.550-0.670)",
+                         "0.580 (0.520-0.630) \u00b10.012 *") + ("n/a",) * 5,
+                        ("random_init", "480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700")
+                        + ("n/a",) * 4)
+  assert T.parse_cell(table.body[0][2]) == (0.812, 0.790, 0.834)
+  assert T.cell_parts(table.body[0][4]) == (0.58, 0.52, 0.63, 0.012, "*")
+  tex = T.to_latex(table)
+  assert [r[0] for r in T.read_latex_body(tex)] == ["SSL-DML", "random\\_init"]
   assert "\\toprule" in tex and "0.812 (0.790--0.834)" in tex
   assert "0.580 (0.520--0.630) $\\pm$0.012 *" in tex
-  for cell in (md_body[0][4], csv_rows[1][4]):  # SD and note survive every format
-    assert T.cell_parts(cell) == pytest.approx((0.58, 0.52, 0.63, 0.012, "*"))
-  assert T.cell_parts(tex_body[0][4], latex=True) == pytest.approx((0.58, 0.52, 0.63, 0.012, "*"))
 
 
 def test_negative_numbers_and_latex_minus():
@@ -76,7 +129,7 @@ def test_negative_numbers_and_latex_minus():
   assert T.parse_cell("0.812 (0.790--0.834)", latex=True) == (0.812, 0.79, 0.834)
 
 
-def test_subgroup_fraction_and_pvalue_tables():
+def test_subgroup_fraction_and_group_test_tables():
   rows = _rows()
   sub = T.subgroup_table(rows)
   assert [r[:3] for r in sub.body] == [("SSL-DML", "female", "100"), ("SSL-DML", ">=75", "120")]
@@ -86,16 +139,7 @@ def test_subgroup_fraction_and_pvalue_tables():
   assert frac.body[0] == ("SSL-DML", "0.660 (0.600-0.710)", "0.812 (0.790-0.834)",
                           "0.710 (0.660-0.750)")
   assert frac.body[1] == ("random_init", "n/a", "0.700 (0.671-0.729)", "n/a")
-  results = [("SSL-DML", "binary", S.GroupTest("auroc", "female", "male", "DeLong", 0.8, 0.75,
-                                                0.05, -0.02, 0.12, 0.012, 100, 120, 40, 50,
-                                                0.3, 0.25)),
-             ("SSL-DML", "regression", S.GroupTest("rmse", "female", "male", "bootstrap", 7.0,
-                                                   8.0, -1.0, -2.0, 0.1, 0.04, 100, 120, 40, 50,
-                                                   math.nan, math.nan)),
-             ("Random", "binary", S.GroupTest("auroc", "18-35", ">=75", "DeLong", 0.7, 0.7,
-                                              0.0, -0.1, 0.1, math.nan, 10, 12, 4, 5, 0.2,
-                                              0.1))]
-  pv = T.group_test_table(results)
+  pv = T.group_test_table(_group_tests())
   assert pv.body[0] == ("SSL-DML", "binary", "AUROC", "female vs male", "100 / 120", "40 / 50",
                         "0.300 / 0.250", "0.800", "0.750", "0.050 (-0.020-0.120)", "DeLong",
                         "0.012", "0.024")   # Holm over the two defined p-values: 2 x 0.012

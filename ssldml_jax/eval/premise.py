@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Sequence
 
 import jax
@@ -36,7 +35,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from ssldml_jax import methods, miners, parallel, steps
+from ssldml_jax import atomic, methods, miners, parallel, steps
 from ssldml_jax.eval import tables
 
 STATS = ("delta_positive", "delta_random", "delta_gain", "agree_positive", "agree_random",
@@ -165,11 +164,8 @@ def _global(local: np.ndarray) -> np.ndarray:
 
 
 def save(path: str, premise: Premise) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as fh:
-    json.dump(premise.to_json(), fh, indent=1)
-  os.replace(tmp, path)
+  """``premise`` as JSON, written atomically."""
+  atomic.write_text(path, json.dumps(premise.to_json(), indent=1))
 
 
 def load(path: str) -> Premise:

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from ssldml_jax import atomic
 from ssldml_jax.eval import embed, subgroups, subsets, tables, targets
 from ssldml_jax.eval.fitting import Fit
 
@@ -82,8 +83,7 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
       values[column] = {
           "validation": np.mean([f.val_scores for f in chosen], axis=0),
           "test": np.mean([f.test_scores for f in chosen], axis=0)}
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as fh:
+  with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(list(_ID_COLUMNS) + columns)
     for split in ("validation", "test"):
@@ -92,7 +92,6 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
         row = [s["ecg_id"][i], s["patient_id"][i], split]
         row += [_cell(values[column][split][i], column) for column in columns]
         writer.writerow(row)
-  os.replace(tmp, path)
   return path
 
 
@@ -139,10 +138,7 @@ def save_outcome(path: str, outcome: ProbeOutcome, extra: dict) -> None:
               rows=[dict(head=h, **dataclasses.asdict(r)) for h, r in outcome.rows],
               tests=[dict(head=h, target=t, **dataclasses.asdict(r)) for h, t, r in outcome.tests],
               fits=outcome.fits)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as fh:
-    json.dump(_to_json(data), fh, indent=1)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(_to_json(data), indent=1))
 
 
 def load_outcome(workdir: str) -> ProbeOutcome:
@@ -186,9 +182,8 @@ def save_fits(path: str, fits: Sequence[Fit], test_ecg_ids: np.ndarray) -> str:
       if fits else np.zeros(0)
   arrays["val_lengths"] = np.asarray([len(f.val_scores) for f in fits], np.int64)
   arrays["test_ecg_id"] = np.asarray(test_ecg_ids, str)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with atomic.replacing(path, suffix=".npz") as tmp:
+    np.savez(tmp, **arrays)
   return path
 
 
