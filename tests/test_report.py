@@ -81,6 +81,8 @@ def test_tables_take_each_heads_rows(tmp_path):
   assert "always answering the majority class scores accuracy 0.725" in caption
   assert "threshold that maximises F1 on each fit's validation scores" in caption
   assert "*" not in caption  # no comparisons, nothing marked
+  assert "threshold that maximises F1" in made["subgroups_binary"].caption
+  assert "threshold" not in made["subgroups_regression"].caption
 
 
 def test_main_table_marks_the_differences_from_random_that_hold(tmp_path):

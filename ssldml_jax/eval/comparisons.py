@@ -103,8 +103,10 @@ def holding(comparisons: Sequence[Comparison], reference: str) -> set[tuple[str,
           if c.reference == reference and c.holds}
 
 
-def table(comparisons: Sequence[Comparison], labels: Mapping[str, str], head_words: str) -> tables.Table:
-  """The ``comparisons`` table (Markdown / CSV / LaTeX through ``tables``)."""
+def table(comparisons: Sequence[Comparison], labels: Mapping[str, str], head_words: str,
+          note: str = "") -> tables.Table:
+  """The ``comparisons`` table (Markdown / CSV / LaTeX through ``tables``); ``note`` ends the
+  caption (the threshold rule of F1 and accuracy)."""
   body = []
   for c in comparisons:
     d = c.diff
@@ -119,7 +121,8 @@ def table(comparisons: Sequence[Comparison], labels: Mapping[str, str], head_wor
   caption = (f"Paired comparisons ({head_words}, test split): method - reference with the "
              "paired patient-bootstrap 95% CI and p-value (the same resampled patients for "
              "both), DeLong's test for AUROC (patient clusters); p-values Holm-adjusted over "
-             f"this table; 'holds': Holm-adjusted bootstrap p < {ALPHA:g}")
+             f"this table; 'holds': Holm-adjusted bootstrap p < {ALPHA:g}"
+             + (f". {note}" if note else ""))
   header = ("Method", "Reference", "Target", "Labels", "Metric", "Method value",
             "Reference value", "Difference (95% CI)", "p", "p (Holm)", "DeLong p",
             "DeLong p (Holm)", "Holds")

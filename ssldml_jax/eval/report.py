@@ -49,12 +49,17 @@ def _validation_words(config: ml_collections.ConfigDict) -> str:
           f"(at least {subsets.MIN_VALIDATION_PATIENTS})")
 
 
+def threshold_words(config: ml_collections.ConfigDict) -> str:
+  """The rule behind the thresholded metrics, for captions."""
+  return (f"F1, accuracy, sensitivity, specificity, PPV and NPV at the threshold that "
+          f"{_CRITERIA[config.probe.threshold_criterion]} on each fit's validation scores")
+
+
 def _classification_caption(config: ml_collections.ConfigDict, what: str, rows, marked: bool):
   majority = [r.point for r in rows if r.metric == estimates.MAJORITY and r.fraction ==
               subsets.FULL and r.group == "all"]
   text = (f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg), {what}, test split: "
-          f"{CELL_WORDS}. F1, accuracy, sensitivity, specificity, PPV and NPV at the threshold "
-          f"that {_CRITERIA[config.probe.threshold_criterion]} on each fit's validation scores")
+          f"{CELL_WORDS}. {threshold_words(config)}")
   if majority:
     text += (f"; always answering the majority class scores accuracy {majority[0]:.3f}, the "
              "floor to read accuracy against")
@@ -108,7 +113,9 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
       for target in p.targets:
         out[f"subgroups_{target}"] = tables.subgroup_table(
             rows, target=target, caption=f"Subgroups by sex and age band ({target}, {what}): "
-                                         f"{CELL_WORDS}")
+                                         f"{CELL_WORDS}"
+                                         + (f". {threshold_words(config)}"
+                                            if target == "binary" else ""))
   tests = [(labels.get(o.name, o.name), t, r) for o in outcomes for h, t, r in o.tests
            if h == p.primary_head]
   if tests:
@@ -118,7 +125,8 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
                        "test for independent AUROCs (patient clusters) or a bootstrap resampling "
                        "each group's patients; p-values Holm-adjusted over this table")
   if comparisons:
-    out["comparisons"] = comparisons_lib.table(comparisons, labels, HEAD_WORDS[p.primary_head])
+    out["comparisons"] = comparisons_lib.table(
+        comparisons, labels, HEAD_WORDS[p.primary_head], note=threshold_words(config))
   if premises:
     out["pretext"] = premise_lib.table(premises, labels, float(config.task.pcwp_threshold))
   return out
