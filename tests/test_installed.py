@@ -27,6 +27,7 @@ OVERRIDES = {
     "vicreg.expander_dim": 12,
     "augment.noise_std": 0.02,
     "probe.n_bootstrap": 20,
+    "probe.limited_validation": "full",
 }
 METHODS = ("ssl_dml_euclidean", "supervised", "vicreg", "random")
 
@@ -69,29 +70,35 @@ def test_installed_wheel_runs_the_main_job_with_every_override(tmp_path, ecg_syn
   run = subprocess.run(
       [sys.executable, "-m", "ssldml_jax.reproduce",
        f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}:tiny",
-       f"--workdir={workdir}", f"--config.methods={','.join(METHODS)}", *flags],
+       f"--workdir={workdir}", f"--config.methods={','.join(METHODS)}",
+       "--config.pretrain_seeds=0", *flags],
       cwd=str(elsewhere), env=env, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
   stages = {}
-  for kind in ("pretrain", "probe"):
-    for name in METHODS:
-      path = workdir / kind / name / "config.json"
-      if path.is_file():
-        stages[f"{kind}/{name}"] = json.loads(path.read_text())
-  assert sorted(stages) == sorted([f"pretrain/{m}" for m in METHODS if m != "random"]
-                                  + [f"probe/{m}" for m in METHODS])
+  for path in workdir.glob("*/*/**/config.json"):
+    where = path.parent.relative_to(workdir).as_posix()
+    if where.split("/")[0] in ("pretrain", "probe"):
+      stages[where] = json.loads(path.read_text())
+  # The supervised method also on each label row's patients (one pretraining and probe seed).
+  rows = [f"supervised/labels_{r}/seed0_draw0" for r in ("1pct", "10pct", "n40")]
+  pretrained = [f"pretrain/{m}/seed0" for m in METHODS if m != "random"]
+  pretrained += [f"pretrain/{r}" for r in rows]
+  probes = [f"probe/{m}/seed0" for m in METHODS] + [f"probe/{r}" for r in rows]
+  assert sorted(stages) == sorted(pretrained + probes)
   readers = {key: [s for s, c in stages.items() if _get(c, key) is not None] for key in OVERRIDES}
   for key, value in OVERRIDES.items():
     assert readers[key], f"{key}: read by no stage"
+    want = pytest.approx(value) if isinstance(value, (int, float)) else value
     for stage in readers[key]:
-      assert _get(stages[stage], key) == pytest.approx(value), (key, stage)
+      assert _get(stages[stage], key) == want, (key, stage)
   # Who reads what: each method's stage holds exactly the keys it reads.
-  assert readers["mining.decimate"] == ["pretrain/ssl_dml_euclidean"]
-  assert readers["vicreg.expander_dim"] == ["pretrain/vicreg"]
-  assert sorted(readers["augment.noise_std"]) == ["pretrain/vicreg"]
+  assert readers["mining.decimate"] == ["pretrain/ssl_dml_euclidean/seed0"]
+  assert readers["vicreg.expander_dim"] == ["pretrain/vicreg/seed0"]
+  assert sorted(readers["augment.noise_std"]) == ["pretrain/vicreg/seed0"]
   assert sorted(readers["task.pcwp_threshold"]) == sorted(
-      ["pretrain/supervised"] + [f"probe/{m}" for m in METHODS])
+      [s for s in pretrained if "/supervised/" in s] + probes)
+  assert sorted(readers["probe.limited_validation"]) == sorted(probes)
   assert len(readers["model.width"]) == len(stages)
   # The cohort table and the tables' captions use the threshold too.
   cohort = (workdir / "tables" / "cohort.md").read_text()
