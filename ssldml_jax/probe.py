@@ -5,7 +5,8 @@ encoder of ``config.model``) on the labeled cohort: cached embeddings, logistic 
 fine-tuned heads at every label fraction and seed, patient-bootstrap CIs and subgroup tests
 (``ssldml_jax.eval.probe_lib``, then ``ssldml_jax.eval.report``). Writes ``probe_results.json``,
 ``predictions.csv``, ``embeddings/``, ``tables/`` and ``plots/`` in the workdir and prints the main
-tables.
+tables. With ``--config.random_baseline=True`` it also probes a randomly initialised encoder of
+the same architecture in ``<workdir>/random/`` and puts its row in the same tables.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   from absl import logging
 
   # After flag parsing: errors stay one line.
+  from ssldml_jax import methods
   from ssldml_jax.eval import probe_lib, report, tables
 
   logging.set_verbosity(logging.ERROR)  # TFDS / orbax INFO lines would bury the tables.
 
-  outcome = probe_lib.run_probe(config, workdir)
-  made = report.write_report([outcome], config, workdir)
-  for stem in ("classification", "regression"):
+  outcomes = probe_lib.run_probes(config, workdir)
+  made = report.write_report(outcomes, config, workdir,
+                             labels={probe_lib.RANDOM_DIR: methods.get("random").label})
+  for stem in report.printed_stems(config):
     if stem in made:
       print("\n" + tables.to_markdown(made[stem]), flush=True)
 

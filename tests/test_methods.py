@@ -10,7 +10,7 @@ from ssldml_jax import cli, config_defaults, methods, reproduce, train_lib
 from ssldml_jax.eval import probe_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB_CONFIGS = ("quickstart", "paper", "probe")
+JOB_CONFIGS = ("quickstart", "paper", "probe", "probe_ptbxl")
 
 
 def _leaves(config, prefix=""):
@@ -141,7 +141,8 @@ def test_stage_configs_of_the_main_job():
   assert stages["probe/supervised"].encoder_workdir == "/r/pretrain/supervised"
   assert stages["probe/supervised"].probe.name == "supervised"
   assert set(stages["probe/random"].keys()) == {"seed", "data", "model", "task", "probe",
-                                                 "encoder_workdir", "export_splits"}
+                                                 "encoder_workdir", "export_splits",
+                                                 "random_baseline"}
   assert set(stages["probe/random"].task.keys()) == {"pcwp_threshold"}
   for name in ("ssl_dml_dtw", "supervised"):
     train_lib.validate_config(stages[f"pretrain/{name}"])

@@ -49,7 +49,7 @@ def test_predictions_file(tmp_path):
       # The seed mean of the 100% fits only.
       scores = [getattr(f, "val_scores" if split == "validation" else "test_scores")[i]
                 for f in fits if (f.head, f.target, f.fraction) == (head, target, "100%")]
-      assert float(r[column]) == float(f"{(scores[0] + scores[1]) / 2:.6g}")
+      assert float(r[column]) == float(f"{(scores[0] + scores[1]) / 2:.9g}")
   read = probe_files.read_predictions(path)
   assert read["ecg_id"].tolist() == [r[0] for r in body]
   np.testing.assert_array_equal(read["y_score_binary"], [float(r[5]) for r in body])

@@ -117,10 +117,13 @@ class Ptbxl(EcgBuilder):
     features["diagnostic_superclass"] = tfds.features.Tensor(
         shape=(len(SUPERCLASSES),), dtype=np.int32,
         doc="multi-hot over " + ", ".join(SUPERCLASSES) + "; -1 unknown")
+    metadata = info.metadata
+    # The names of the multi-hot entries, for probe targets (reader.label_features).
+    metadata["classes"] = {"diagnostic_superclass": list(SUPERCLASSES)}
     return tfds.core.DatasetInfo(builder=self, description=info.description,
                                  features=tfds.features.FeaturesDict(features),
                                  homepage=info.homepage, citation=info.citation,
-                                 metadata=info.metadata)
+                                 metadata=metadata)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     manual_dir = readers.manual_dir(dl_manager, "ptbxl", self.MANUAL_DOWNLOAD_INSTRUCTIONS)

@@ -2,11 +2,14 @@
 
 - ``probe_results.json``: ``name``, the table ``rows`` (head and ``tables.Row`` fields), the
   subgroup ``tests`` (head, target and ``subgroups.PermutationResult`` fields), one record per
-  fit (``estimates.fit_records``), and what the caller adds (source, dataset, config). NaN and
+  fit (``estimates.fit_records``), and what the caller adds (source, dataset, the ECGs of each
+  split and how many had labels, config). NaN and
   infinities are stored as ``null`` and read back as NaN.
-- ``predictions.csv``: ``ecg_id, patient_id, split, y_true_<target>, y_score_<target>[_<head>]``
-  for the validation and test ECGs (``y_true_regression`` is the mPCWP in mmHg); scores are the
-  seed mean at 100% of labels, the primary head's unsuffixed.
+- ``predictions.csv``: ``ecg_id, patient_id, split, y_true_<column>, y_score_<column>[_<head>]``
+  for the validation and test ECGs, a column per target (``targets.columns``: its name, or
+  ``<name>.<label>`` for each label or class of a multi-label or multi-class target, whose
+  ``y_true`` is 0/1); ``y_true_regression`` is the mPCWP in mmHg. Scores are the seed mean at
+  100% of labels (9 significant digits), the primary head's unsuffixed.
 
 ``ProbeOutcome`` is what a finished probe amounts to; a workdir holding ``probe_results.json``
 is done (``is_done``).
@@ -19,7 +22,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -49,26 +52,41 @@ class ProbeOutcome:
     return os.path.join(self.workdir, embed.EMBEDDINGS_DIR, f"{split}.npz")
 
 
+def score_column(column: str, head: str, primary_head: str, kind: str = "score") -> str:
+  """The ``y_<kind>`` column of ``column`` (``targets.columns``) by ``head``: the primary
+  head's unsuffixed. ``predict`` names its scores (and its ``pred`` decisions) the same way."""
+  return f"y_{kind}_{column}" + ("" if head == primary_head else f"_{head}")
+
+
+def seed_mean(fits: Sequence[Fit], head: str, target: str, which: str) -> Any:
+  """The mean over seeds of ``which`` ('val_scores', 'test_scores') of the 100% fits of
+  ``head`` and ``target``; None when there is none."""
+  chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, subsets.FULL)]
+  return np.mean([getattr(f, which) for f in chosen], axis=0) if chosen else None
+
+
 def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequence[Fit],
-                      splits: Mapping[str, dict]) -> str:
+                      splits: Mapping[str, dict],
+                      probe_targets: Optional[Sequence[targets.Target]] = None) -> str:
   """``predictions.csv`` (module docstring) of ``splits['validation']`` and ``['test']``."""
   p = config.probe
-  threshold = float(config.task.pcwp_threshold)
   columns, values = [], {}
-  for target in p.targets:
-    column = f"y_true_{target}"
-    columns.append(column)
-    values[column] = {split: targets.values(splits[split], target, threshold)
-                      for split in ("validation", "test")}
+  for target in probe_targets or targets.from_config(config):
+    names = targets.columns(target)
+    truth = {split: targets.as_columns(target, targets.values(splits[split], target))
+             for split in ("validation", "test")}
+    for k, name in enumerate(names):
+      columns.append(f"y_true_{name}")
+      values[columns[-1]] = {split: truth[split][k] for split in truth}
     for head in p.heads:
-      chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, subsets.FULL)]
-      if not chosen:
+      mean = {split: seed_mean(fits, head, target.name, f"{key}_scores")
+              for split, key in (("validation", "val"), ("test", "test"))}
+      if mean["test"] is None:
         continue
-      column = f"y_score_{target}" + ("" if head == p.primary_head else f"_{head}")
-      columns.append(column)
-      values[column] = {
-          "validation": np.mean([f.val_scores for f in chosen], axis=0),
-          "test": np.mean([f.test_scores for f in chosen], axis=0)}
+      for k, name in enumerate(names):
+        columns.append(score_column(name, head, p.primary_head))
+        values[columns[-1]] = {split: targets.as_columns(target, mean[split])[k]
+                               for split in mean}
   tmp = path + ".tmp"
   with open(tmp, "w", newline="", encoding="utf-8") as fh:
     writer = csv.writer(fh, lineterminator="\n")
@@ -84,10 +102,10 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
 
 
 def _cell(value: Any, column: str) -> Any:
-  """A label as 0/1 or mmHg to 0.001, a score to 6 significant digits."""
+  """A label as 0/1 or mmHg to 0.001, a score to 9 significant digits."""
   if column.startswith("y_true_"):
     return int(value) if isinstance(value, (bool, np.bool_)) else f"{float(value):.3f}"
-  return f"{float(value):.6g}"
+  return f"{float(value):.9g}"
 
 
 def read_predictions(path: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
 """The report over many probes (one per encoder): the paper's tables, predictions and plots.
 
 ``report_tables`` collects the rows of every ``ProbeOutcome`` into the tables by file stem (the
-primary head's unsuffixed, other heads' ``_<head>``); ``write_report`` writes them under a root
+primary head's unsuffixed, other heads' ``_<head>``): per target its main table
+(``classification`` for mPCWP > threshold, ``regression`` for mPCWP, the target's name for any
+other), ``label_fractions_<target>`` and ``subgroups_<target>``; ``write_report`` writes them under a root
 directory with each probe's ``predictions.csv`` and the figures (ROC / PR and calibration of the
 primary head's binary scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's
 name to its row label.
@@ -18,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssldml_jax.eval import embed, probe_files, tables
+from ssldml_jax.eval import embed, probe_files, tables, targets
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
 _HEAD_WORDS = {"linear": "logistic / ridge probe", "mlp": "MLP probe", "finetune": "fine-tuned"}
@@ -45,28 +47,56 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
       continue
     suffix = "" if head == p.primary_head else f"_{head}"
     what = _HEAD_WORDS[head]
-    if "binary" in p.targets:
-      out[f"classification{suffix}"] = tables.classification_table(
-          rows, caption=f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg), {what}, "
-                        "test split, 95% patient-bootstrap CI")
-    if "regression" in p.targets:
-      out[f"regression{suffix}"] = tables.regression_table(
-          rows, caption=f"mPCWP regression (mmHg), {what}, test split, 95% patient-bootstrap CI")
-    if head in p.fraction_heads:
-      for target, metric in (("binary", "auroc"), ("regression", "rmse")):
-        if target in p.targets:
-          out[f"label_fractions_{target}{suffix}"] = tables.label_fraction_table(
-              [r for r in rows if r.target == target], metric=metric,
-              caption=f"{tables.METRIC_LABELS[metric]} by training labels ({what})")
-    if head == p.primary_head:
-      for target in p.targets:
-        out[f"subgroups_{target}"] = tables.subgroup_table(
-            rows, target=target, caption=f"Subgroups by sex and age band ({target}, {what})")
+    for target in targets.from_config(config):
+      columns = _columns(target, rows)
+      stem = main_stem(target)
+      if target.name == "binary":
+        caption = f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg)"
+      elif target.name == "regression":
+        caption = "mPCWP regression (mmHg)"
+      else:
+        caption = (target.describe() if target.name == target.feature
+                   else f"{target.name}: {target.describe()}")
+      out[stem + suffix] = tables.target_table(
+          rows, target.name, columns,
+          caption=f"{caption}, {what}, test split, 95% patient-bootstrap CI")
+      if head in p.fraction_heads:
+        metric = targets.primary_metric(target)
+        out[f"label_fractions_{target.name}{suffix}"] = tables.label_fraction_table(
+            [r for r in rows if r.target == target.name], metric=metric,
+            caption=f"{tables.metric_label(metric)} by training labels ({target.name}, {what})")
+      if head == p.primary_head:
+        out[f"subgroups_{target.name}"] = tables.subgroup_table(
+            rows, target=target.name, columns=columns,
+            caption=f"Subgroups by sex and age band ({target.name}, {what})")
   tests = [(labels.get(o.name, o.name), r) for o in outcomes for h, _, r in o.tests
            if h == p.primary_head]
   if tests:
     out["subgroup_tests"] = tables.pvalue_table(tests)
   return out
+
+
+def main_stem(target: "targets.Target") -> str:
+  """The file stem of a target's main table (the primary head's)."""
+  return {"binary": "classification", "regression": "regression"}.get(target.name, target.name)
+
+
+def printed_stems(config: ml_collections.ConfigDict) -> list[str]:
+  """The tables a program prints last: each target's label fractions and main table."""
+  found = targets.from_config(config)
+  fractions = ([f"label_fractions_{t.name}" for t in found]
+               if config.probe.primary_head in config.probe.fraction_heads else [])
+  return fractions + [main_stem(t) for t in found]
+
+
+def _columns(target: "targets.Target", rows: Sequence[tables.Row]) -> tuple:
+  """The metrics of a target's tables: the paper's columns for a binary or regression target,
+  else every metric its rows hold (macro first, then per label), in their order."""
+  if target.kind == "binary":
+    return tables.CLASSIFICATION_COLUMNS
+  if target.kind == "regression":
+    return tables.REGRESSION_COLUMNS
+  return tuple(dict.fromkeys(r.metric for r in rows if r.target == target.name))
 
 
 def write_report(outcomes: Sequence[ProbeOutcome], config: ml_collections.ConfigDict, root: str,

@@ -27,6 +27,7 @@ METRIC_LABELS = {
     "auroc": "AUROC", "auprc": "AUPRC", "f1": "F1", "accuracy": "Accuracy",
     "sensitivity": "Sensitivity", "specificity": "Specificity",
     "rmse": "RMSE", "mae": "MAE", "pearson_r": "Pearson r",
+    "macro_auroc": "Macro-AUROC", "macro_auprc": "Macro-AUPRC",
 }
 CLASSIFICATION_COLUMNS = ("auroc", "auprc", "f1", "accuracy")
 REGRESSION_COLUMNS = ("rmse", "mae", "pearson_r")
@@ -38,7 +39,7 @@ _CELL = re.compile(rf"^\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\))?\s
 @dataclasses.dataclass(frozen=True)
 class Row:
   method: str
-  target: str            # 'binary' | 'regression'
+  target: str            # a probe target's name ('binary', 'regression', ...)
   metric: str            # a key of METRIC_LABELS
   point: float
   low: float
@@ -136,13 +137,31 @@ def regression_table(rows: Iterable[Row], caption: str = "mPCWP regression (mmHg
   return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
 
 
+def metric_label(metric: str) -> str:
+  """The column label of a metric: ``METRIC_LABELS``, or 'AUROC NORM' for ``auroc_NORM`` (one
+  label or class of a multi-label or multi-class target)."""
+  if metric in METRIC_LABELS:
+    return METRIC_LABELS[metric]
+  if metric.startswith("auroc_"):
+    return f"AUROC {metric[len('auroc_'):]}"
+  return metric
+
+
+def target_table(rows: Iterable[Row], target: str, columns: Sequence[str],
+                 caption: str = "") -> Table:
+  """The main table of any target: one line per method, the metrics of ``columns``."""
+  rows = [r for r in rows if r.target == target and r.group == "all" and r.fraction == "100%"]
+  return pivot(rows, ("method",), "metric", columns,
+               labels={c: metric_label(c) for c in columns}, caption=caption)
+
+
 def subgroup_table(rows: Iterable[Row], target: str = "binary",
                    columns: Optional[Sequence[str]] = None,
                    caption: str = "Subgroups (sex, age band)") -> Table:
   columns = columns or (CLASSIFICATION_COLUMNS if target == "binary" else REGRESSION_COLUMNS)
   rows = [r for r in rows if r.target == target and r.group != "all"]
-  return pivot(rows, ("method", "group"), "metric", columns, labels=METRIC_LABELS,
-               caption=caption)
+  return pivot(rows, ("method", "group"), "metric", columns,
+               labels={c: metric_label(c) for c in columns}, caption=caption)
 
 
 def label_fraction_table(rows: Iterable[Row], metric: str = "auroc",
@@ -170,7 +189,7 @@ def pvalue_table(results: Iterable[tuple[str, object]],
   """``results``: (method, subgroups.PermutationResult) pairs."""
   body = []
   for method, r in results:
-    body.append((method, METRIC_LABELS.get(r.metric, r.metric), f"{r.group_a} vs {r.group_b}",
+    body.append((method, metric_label(r.metric), f"{r.group_a} vs {r.group_b}",
                  format_cell(r.value_a), format_cell(r.value_b), format_cell(r.difference),
                  NA if not math.isfinite(r.p_value) else f"{r.p_value:.3f}"))
   header = ("Method", "Metric", "Groups", "A", "B", "A - B", "p")
