@@ -5,9 +5,9 @@ the head from a seeded initialisation; both are trained together under ``pmap`` 
 devices with BatchNorm statistics averaged over the ``parallel.AXIS`` axis (so every device
 normalises with the global batch and keeps the same running averages) and gradients averaged
 with ``parallel.pmean``. Targets and early stopping follow ``head_training``, as in ``mlp_probe``:
-BCE or MSE on the standardised mPCWP (or any probe target), validation AUROC / RMSE after every ``eval_every_steps``
-steps, the best parameters copied to host memory when they are found, and a non-finite step
-skipped.
+BCE or MSE on the standardised mPCWP (or the loss of any probe target), validation AUROC / RMSE
+after every ``eval_every_steps`` steps, the best parameters copied to host memory when they are
+found, and a non-finite step skipped.
 
 The labeled splits are small (thousands of ECGs), so they are read once into host memory
 (``pipeline.read_split``, every ECG exactly once, in the pipeline's order) and minibatches of any

@@ -3,10 +3,10 @@
 ``report_tables`` collects the rows of every ``ProbeOutcome`` into the tables by file stem (the
 primary head's unsuffixed, other heads' ``_<head>``): per target its main table
 (``classification`` for mPCWP > threshold, ``regression`` for mPCWP, the target's name for any
-other), ``label_fractions_<target>`` and ``subgroups_<target>``; ``write_report`` writes them under a root
-directory with each probe's ``predictions.csv`` and the figures (ROC / PR and calibration of the
-primary head's binary scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's
-name to its row label.
+other), ``label_fractions_<target>`` and ``subgroups_<target>``; ``write_report`` writes them
+under a root directory with each probe's ``predictions.csv`` and the figures (ROC / PR and
+calibration of the primary head's binary scores, a PCA of each encoder's test embeddings).
+``labels`` maps a probe's name to its row label.
 """
 
 from __future__ import annotations

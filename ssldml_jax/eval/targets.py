@@ -12,7 +12,8 @@ A target (``Target``) is a dataset feature and a kind:
   macro-AUPRC, AUROC per label);
 - ``multiclass``: one class per ECG, from an integer feature (the classes are the values of the
   training split) or from a multi-hot feature whose row holds exactly one label (PTB-XL's
-  "single-label" protocol); softmax probabilities, scored by ``label_metrics.multiclass_metric_fns``.
+  "single-label" protocol); softmax probabilities, scored by
+  ``label_metrics.multiclass_metric_fns``.
 
 ``config.probe.targets`` is a tuple of specs (``--config.probe.targets=binary,regression``):
 
