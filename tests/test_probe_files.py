@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ssldml_jax import config_defaults
-from ssldml_jax.eval import fitting, probe_config, probe_files, subgroups, tables
+from ssldml_jax.eval import fitting, probe_config, probe_files, subgroups, tables, targets
 
 
 def _split(n, seed):
@@ -82,3 +82,30 @@ def test_outcome_round_trip(tmp_path):
   assert back.fits == fits and back.name == "enc"
   assert back.predictions_path == str(tmp_path / probe_files.PREDICTIONS_FILE)
   assert back.embeddings_path("test") == str(tmp_path / "embeddings" / "test.npz")
+
+
+def test_predictions_of_multilabel_and_multiclass_targets(tmp_path):
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
+  c.probe.heads = ("linear",)
+  multi = targets.Target("ds", "ds", "multilabel", classes=("NORM", "MI"))
+  one = targets.Target("rhythm", "code", "multiclass", classes=("3", "7", "9"))
+  rng = np.random.default_rng(0)
+  splits = {s: {"ecg_id": np.array([f"{s}{i}" for i in range(4)]),
+                "patient_id": np.array([f"p{i}" for i in range(4)]),
+                "ds": np.array([[1, 0], [0, 1], [1, 1], [1, 0]], np.int32),
+                "code": np.array([3, 9, 7, 9])} for s in ("validation", "test")}
+  fits = [fitting.Fit(head="linear", target=t.name, fraction="100%", seed=0, n_train=9,
+                      val_scores=rng.uniform(size=(4, t.width)),
+                      test_scores=rng.uniform(size=(4, t.width)), threshold=None, info={})
+          for t in (multi, one)]
+  path = probe_files.write_predictions(str(tmp_path / "p.csv"), c, fits, splits, [multi, one])
+  read = probe_files.read_predictions(path)
+  assert list(read) == ["ecg_id", "patient_id", "split", "y_true_ds.NORM", "y_true_ds.MI",
+                        "y_score_ds.NORM", "y_score_ds.MI", "y_true_rhythm.3", "y_true_rhythm.7",
+                        "y_true_rhythm.9", "y_score_rhythm.3", "y_score_rhythm.7",
+                        "y_score_rhythm.9"]
+  test = read["split"] == "test"
+  np.testing.assert_array_equal(read["y_true_ds.MI"][test], [0, 1, 1, 0])
+  np.testing.assert_array_equal(read["y_true_rhythm.9"][test], [0, 1, 0, 1])  # one-hot classes
+  np.testing.assert_allclose(read["y_score_rhythm.7"][test], fits[1].test_scores[:, 1],
+                             rtol=1e-8)

@@ -51,13 +51,18 @@ class Encoder:
   step: Optional[int] = None             # its checkpoint step
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(module: Any) -> Callable:
+  """The jitted initialisation of ``module`` (compiled once per architecture)."""
+  # The encoder pools over time, so its parameters do not depend on the length used here.
+  x = jnp.zeros((2, 256, 12), jnp.float32)
+  return jax.jit(lambda k: module.init({"params": k}, x, train=False))
+
+
 def random_encoder(config: ml_collections.ConfigDict, seed: int) -> Encoder:
   """``config.model`` with freshly initialised weights: the "random encoder" baseline."""
   module = models.build_encoder(config.model, bn_axis_name=None)
-  # The encoder pools over time, so its parameters do not depend on the length used here.
-  x = jnp.zeros((2, 256, 12), jnp.float32)
-  variables = jax.jit(lambda k: module.init({"params": k}, x, train=False))(
-      jax.random.PRNGKey(seed))
+  variables = _init_fn(module)(jax.random.PRNGKey(seed))
   variables = jax.tree.map(np.asarray, dict(variables))
   model = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
   return Encoder(module=module, variables=variables, model_config=config.model,

@@ -73,21 +73,22 @@ def _with_features(arrays: dict, builder, split: str, names: tuple) -> dict:
   return dict(arrays, **{n: read[n][rows] for n in names})
 
 
-def resolve_targets(config: ml_collections.ConfigDict, builder, raw: dict,
+def resolve_targets(config: ml_collections.ConfigDict, builder,
                     train_split: str) -> tuple[list, tuple]:
   """(the targets of ``config.probe.targets`` checked against the dataset, the features to read
-  beside the embeddings); a target the dataset cannot give is a one-line config error."""
+  beside the embeddings); a target the dataset cannot give is a one-line config error, before
+  anything is embedded."""
   from ssldml_jax.data import reader
 
   features = {name: targets.Feature(*spec) for name, spec in reader.label_features(builder).items()}
   wanted = targets.from_config(config)
-  extra = tuple(dict.fromkeys(t.feature for t in wanted if t.feature in features
-                              and t.feature not in raw["train"]))
-  train = _with_features(raw["train"], builder, train_split, extra)
+  needed = tuple(dict.fromkeys(t.feature for t in wanted if t.feature in features))
+  train = reader.read_features(builder, train_split, needed)
   try:
-    return targets.resolve(wanted, features, builder.info.full_name, train), extra
+    resolved = targets.resolve(wanted, features, builder.info.full_name, train)
   except ValueError as e:
     raise cli.ConfigError(f"config.probe.targets: {e}") from None
+  return resolved, tuple(f for f in needed if f not in embed.FIELDS)
 
 
 def record_format(data_config: ml_collections.ConfigDict, builder) -> "ecg_files.RecordFormat":
@@ -152,14 +153,14 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str,
   data_config = embed.data_config_for(config, encoder)
   split_names, extra = _check_splits(config, pipeline.dataset_info(data_config)["splits"],
                                      data_config.name)
+  builder = pipeline.load_builder(data_config)
+  probe_targets, extra_features = resolve_targets(config, builder, split_names["train"])
   embed_fn = embed.make_embed_fn(encoder.module)
   directory = os.path.join(workdir, embed.EMBEDDINGS_DIR)
   raw = {key: embed.cached_split(encoder, data_config, split, directory, embed_fn=embed_fn)
          for key, split in split_names.items()}
   for split in extra:
     embed.cached_split(encoder, data_config, split, directory, embed_fn=embed_fn)
-  builder = pipeline.load_builder(data_config)
-  probe_targets, extra_features = resolve_targets(config, builder, raw, split_names["train"])
   raw = {key: _with_features(value, builder, split_names[key], extra_features)
          for key, value in raw.items()}
   emb = {key: subsets.labeled(value, key, probe_targets) for key, value in raw.items()}

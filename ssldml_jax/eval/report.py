@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssldml_jax.eval import embed, probe_files, tables, targets
+from ssldml_jax.eval import embed, probe_files, subsets, tables, targets
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
 _HEAD_WORDS = {"linear": "logistic / ridge probe", "mlp": "MLP probe", "finetune": "fine-tuned"}
@@ -64,7 +64,8 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
         metric = targets.primary_metric(target)
         out[f"label_fractions_{target.name}{suffix}"] = tables.label_fraction_table(
             [r for r in rows if r.target == target.name], metric=metric,
-            caption=f"{tables.metric_label(metric)} by training labels ({target.name}, {what})")
+            caption=f"{tables.metric_label(metric)} by training labels ({target.name}, {what})",
+            fractions=subsets.subset_names(config, head))
       if head == p.primary_head:
         out[f"subgroups_{target.name}"] = tables.subgroup_table(
             rows, target=target.name, columns=columns,

@@ -164,10 +164,13 @@ def subgroup_table(rows: Iterable[Row], target: str = "binary",
                labels={c: metric_label(c) for c in columns}, caption=caption)
 
 
-def label_fraction_table(rows: Iterable[Row], metric: str = "auroc",
-                         caption: str = "") -> Table:
+def label_fraction_table(rows: Iterable[Row], metric: str = "auroc", caption: str = "",
+                         fractions: Sequence[str] = ()) -> Table:
+  """One column per label fraction: those of the rows and ``fractions`` (the configured ones,
+  so that a fraction whose fits were all left out shows as n/a rather than vanishing)."""
   rows = [r for r in rows if r.metric == metric and r.group == "all"]
-  fractions = sorted(dict.fromkeys(r.fraction for r in rows), key=_fraction_key)
+  fractions = sorted(dict.fromkeys([r.fraction for r in rows] + list(fractions)),
+                     key=_fraction_key)
   return pivot(rows, ("method",), "fraction", fractions, labels={}, show_n=False,
                caption=caption or f"{METRIC_LABELS.get(metric, metric)} by label fraction")
 
