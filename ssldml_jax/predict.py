@@ -27,6 +27,7 @@ is written); the exit status is 1 when any ECG failed, 2 for a usage error.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -100,20 +101,27 @@ def output_columns(probe, scores: dict) -> dict[str, list]:
   return out
 
 
-class _Clock:
-  """Seconds spent reading and checking vs. in the model."""
+@dataclasses.dataclass
+class Summary:
+  """What a run did: ECGs scored and failed, and seconds spent reading, checking and resampling
+  them (``read_s``) and in the encoder and heads (``model_s``)."""
+  scored: int = 0
+  failed: int = 0
+  read_s: float = 0.0
+  model_s: float = 0.0
 
-  def __init__(self):
-    self.read = self.model = 0.0
+  @property
+  def ecg_per_s(self) -> float:
+    return (self.scored + self.failed) / max(self.read_s + self.model_s, 1e-9)
 
 
 def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool = False,
         embeddings_path: str | None = None, sampling_rate: float | None = None,
         leads: Sequence[str] | None = None, encoder_workdir: str | None = None,
         data_dir: str | None = None, per_device_batch_size: int = 32,
-        progress: bool = True) -> int:
-  """The whole program; returns the number of ECGs that failed. Raises ``UsageError`` (and,
-  with ``strict``, ``BadRecordError`` for the first bad ECG) before writing anything."""
+        progress: bool = True) -> Summary:
+  """The whole program (module docstring). Raises ``UsageError`` (and, with ``strict``,
+  ``BadRecordError`` for the first bad ECG) before writing anything."""
   import jax
 
   from ssldml_jax import parallel
@@ -138,7 +146,7 @@ def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool 
   embed_fn = embed.make_embed_fn(encoder.module)
   replicated = parallel.replicate(encoder.variables)
   batch = jax.local_device_count() * per_device_batch_size
-  clock, errors, done = _Clock(), [], []
+  summary, errors, done = Summary(), [], []
   ids, sources, embedding_parts, score_parts = [], [], [], []
   bar = None
   if progress:
@@ -151,12 +159,12 @@ def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool 
     start = time.perf_counter()
     x = records.model_input(np.stack([r for _, r in done]), fmt.stored_rate, fmt.model_rate,
                             fmt.bandpass)
-    clock.read += time.perf_counter() - start
+    summary.read_s += time.perf_counter() - start
     start = time.perf_counter()
     emb = embed.embed_array(embed_fn, replicated, x, per_device_batch_size)
     score_parts.append(probe.scores(emb, x if probe.needs_ecg else None,
                                     per_device_batch_size=per_device_batch_size))
-    clock.model += time.perf_counter() - start
+    summary.model_s += time.perf_counter() - start
     embedding_parts.append(emb)
     ids.extend(item.ecg_id for item, _ in done)
     sources.extend(item.source for item, _ in done)
@@ -177,7 +185,7 @@ def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool 
         bar.update(1)
       continue
     finally:
-      clock.read += time.perf_counter() - start
+      summary.read_s += time.perf_counter() - start
     done.append((item, record))
     if len(done) == batch:
       flush()
@@ -205,12 +213,12 @@ def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool 
              encoder=np.asarray(encoder.source),
              params_sha256=np.asarray(probe.manifest["encoder"]["params_sha256"]))
     os.replace(tmp, embeddings_path)
-  total = clock.read + clock.model
+  summary.scored, summary.failed = n, len(errors)
   print(f"predict: {n} ECG(s) scored -> {output}"
         + (f"; {len(errors)} failed -> {bad_path}" if errors else "")
-        + f"; {len(items) / max(total, 1e-9):.1f} ECG/s (reading and checking "
-        f"{clock.read:.2f} s, model {clock.model:.2f} s)", file=sys.stderr, flush=True)
-  return len(errors)
+        + f"; {summary.ecg_per_s:.1f} ECG/s (reading and checking {summary.read_s:.2f} s, model "
+        f"{summary.model_s:.2f} s)", file=sys.stderr, flush=True)
+  return summary
 
 
 def _reason(error: Exception, source: str) -> str:
@@ -230,7 +238,7 @@ def main(argv: Sequence[str]) -> None:
     if not FLAGS[name].value:
       _fail(f"--{name} is required", 2)
   try:
-    failed = run(FLAGS.probe, inputs, FLAGS.output, strict=FLAGS.strict,
+    summary = run(FLAGS.probe, inputs, FLAGS.output, strict=FLAGS.strict,
                  embeddings_path=FLAGS.embeddings, sampling_rate=FLAGS.sampling_rate,
                  leads=FLAGS.leads, encoder_workdir=FLAGS.encoder_workdir,
                  data_dir=FLAGS.data_dir, per_device_batch_size=FLAGS.per_device_batch_size)
@@ -238,7 +246,7 @@ def main(argv: Sequence[str]) -> None:
     _fail(str(e), 2)
   except BadRecordError as e:
     _fail(str(e), 1)
-  sys.exit(1 if failed else 0)
+  sys.exit(1 if summary.failed else 0)
 
 
 def _fail(message: str, status: int) -> None:

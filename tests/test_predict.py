@@ -71,10 +71,10 @@ def test_predict_on_the_files_of_the_test_split_gives_the_probes_predictions(
   folder = str(tmp_path / "ecgs")
   n = _export_test_split(ecg_synth_tiny, folder)
   out = str(tmp_path / "out" / "predictions.csv")
-  failed = predict.run(workdir, [folder], out, sampling_rate=100, leads=NPY_LEADS,
-                       embeddings_path=str(tmp_path / "emb.npz"), per_device_batch_size=2,
-                       progress=False)
-  assert failed == 0 and _read_csv(predict.errors_path(out)) == []
+  summary = predict.run(workdir, [folder], out, sampling_rate=100, leads=NPY_LEADS,
+                        embeddings_path=str(tmp_path / "emb.npz"), per_device_batch_size=2,
+                        progress=False)
+  assert (summary.scored, summary.failed) == (n, 0) and _read_csv(predict.errors_path(out)) == []
   own = probe_files.read_predictions(os.path.join(workdir, probe_files.PREDICTIONS_FILE))
   test = own["split"] == "test"
   rows = {r["ecg_id"]: r for r in _read_csv(out)}
@@ -101,7 +101,7 @@ def test_predict_on_the_files_of_the_test_split_gives_the_probes_predictions(
   # The stored split itself, named as a dataset input, gives the same numbers.
   again = str(tmp_path / "split.csv")
   assert predict.run(workdir, ["dataset:ecg_synth/tiny:test"], again, data_dir=data_dir,
-                     progress=False) == 0
+                     progress=False).failed == 0
   for r in _read_csv(again):
     assert r["source"] == "dataset:ecg_synth/tiny:test"
     for column in columns:
@@ -193,7 +193,7 @@ def test_bad_files_are_reported_with_their_reason_and_the_run_goes_on(saved_prob
                                                                      tmp_path, capsys):
   workdir, (folder, bad) = saved_probe, ecg_folder
   out = str(tmp_path / "p.csv")
-  failed = predict.run(workdir, [folder, str(tmp_path / "nowhere")], out, progress=False)
+  failed = predict.run(workdir, [folder, str(tmp_path / "nowhere")], out, progress=False).failed
   errors = _read_csv(predict.errors_path(out))
   reasons = {}
   for e in errors:
@@ -210,7 +210,7 @@ def test_bad_files_are_reported_with_their_reason_and_the_run_goes_on(saved_prob
   assert [r["ecg_id"] for r in _read_csv(out)] == ["good_wfdb"]  # WFDB headers give the rate
   assert "notes.txt" in capsys.readouterr().err  # named, not read
   # With the rate of the files that do not say, the .npy files are scored (12 s cut to 10 s).
-  failed = predict.run(workdir, [folder], out, sampling_rate=250, progress=False)
+  failed = predict.run(workdir, [folder], out, sampling_rate=250, progress=False).failed
   scored = {r["ecg_id"] for r in _read_csv(out)}
   assert scored == {"good_wfdb", "good_npy_12s", "no_rate"}
   assert failed == len(bad) - 1 and not os.path.exists(out + ".tmp")

@@ -214,7 +214,8 @@ class SavedProbe:
   def _fit(self, name: str) -> dict:
     return next(e for e in self.manifest["fits"] if e["file"] == name)
 
-  def _arrays(self, name: str) -> dict[str, np.ndarray]:
+  def arrays(self, name: str) -> dict[str, np.ndarray]:
+    """The arrays of the saved fit in file ``name`` (module docstring)."""
     path = os.path.join(self.directory, name)
     try:
       with np.load(path, allow_pickle=False) as f:
@@ -226,7 +227,7 @@ class SavedProbe:
                  ecg: Optional[np.ndarray], per_device_batch_size: int) -> np.ndarray:
     """Scores of one saved fit: from the embeddings (linear, MLP) or the model input ECGs
     (fine-tuned)."""
-    entry, arrays = self._fit(name), self._arrays(name)
+    entry, arrays = self._fit(name), self.arrays(name)
     std = (linear_probe.Standardizer(arrays.pop("mean"), arrays.pop("scale"))
            if "mean" in arrays else None)
     if entry["head"] == "linear":
