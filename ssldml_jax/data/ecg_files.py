@@ -127,10 +127,15 @@ def _hdf5_items(path: str, ecg_id: str, rate: float, leads: Sequence[str]) -> li
       keys = sorted(group.keys()) if isinstance(group, h5py.Group) else []
   except Exception:  # pylint: disable=broad-except  # read_hdf5 says why, as for any bad file.
     keys = []
+
+  def read(key: Optional[str]) -> readers.RawEcg:
+    raw = readers.read_hdf5(path, key=key, leads=leads)
+    # The default rate is for files that do not say theirs; a file's own attribute wins.
+    return raw if math.isfinite(raw.rate) else dataclasses.replace(raw, rate=rate)
+
   if len(keys) < 2:
-    return [Item(ecg_id, path, lambda: readers.read_hdf5(path, rate=rate, leads=leads))]
-  return [Item(f"{ecg_id}/{k}", path, (lambda k=k: readers.read_hdf5(
-      path, key=f"ecg/{k}", rate=rate, leads=leads))) for k in keys]
+    return [Item(ecg_id, path, lambda: read(None))]
+  return [Item(f"{ecg_id}/{k}", path, (lambda k=k: read(f"ecg/{k}"))) for k in keys]
 
 
 def _folder_items(folder: str, rate: float, leads: Sequence[str],
