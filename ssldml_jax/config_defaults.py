@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mining = ml_collections.ConfigDict()
   c.mining.dtw_window = config_dict.placeholder(int)  # Sakoe-Chiba band in samples; None: full.
   c.mining.decimate = 5               # mine on signals decimated by this factor (250 -> 50 Hz).
+  c.mining.dtw_impl = "auto"          # auto | xla | pallas (auto: the Pallas kernel on GPU).
   c.mining.neg_topk = config_dict.placeholder(int)    # None: negative uniform over the others.
   c.mining.embedding_distance = "euclidean"  # euclidean | squared_euclidean | cosine
 

@@ -46,6 +46,14 @@ accumulated costs are float32 sums of at most ``r + c`` positive terms (relative
 
 These functions are for mining (``lax.stop_gradient`` in the train step); reverse-mode
 differentiation through the loop would keep every diagonal and is not supported.
+
+Implementations (``cross_dtw(..., impl=...)``, ``config.mining.dtw_impl``). ``'xla'`` is the
+program above. ``'pallas'`` is one Pallas kernel launch per call (``ssldml_jax.dtw_pallas``: a
+block of pairs per program, the recurrence carried in registers along a skewed wavefront),
+which on a GPU avoids the while-loop's few kernel launches per anti-diagonal; on other backends
+it runs in Pallas interpret mode (slow: for tests). ``'auto'`` takes the kernel on a GPU and
+the XLA program elsewhere; on a GPU whose jax cannot compile the kernel, or where it disagrees
+with the XLA program on a small probe, it falls back to XLA with one warning per process.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Optional
 
 import jax
@@ -65,6 +74,7 @@ DEFAULT_BLOCK = 16      # anchors per block: (block x partners x diagonal) stays
 _PHASE_LEVELS = 8       # diagonal lengths are rounded up to multiples of max_length / this,
 _MIN_PHASE_LENGTH = 32  # but not to multiples of fewer than this many cells.
 _UNROLL = 3             # steps per loop iteration: three rotating buffers, written in place.
+IMPLS = ("auto", "xla", "pallas")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +114,12 @@ def _check_block(block) -> int:
   if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
     raise ValueError(f"block must be an int >= 1, got {block!r}")
   return int(block)
+
+
+def _check_impl(impl) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+  return impl
 
 
 def _check_gamma(gamma) -> float:
@@ -397,18 +413,90 @@ def _pairwise_accumulated(x, window, gamma, block) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
+# The Pallas kernel: when to use it.
+
+
+def _backend() -> str:
+  """The platform of the default backend ('cpu', 'gpu', 'tpu'); a seam for tests."""
+  return jax.default_backend()
+
+
+_fallback_warned = False
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_works(channels: int, window: Optional[int], lanes: int, anchors: int) -> bool:
+  """Whether the kernel compiles, runs and agrees with the XLA program on this backend.
+
+  Checked once per tiling on a small random problem of two stripes with ``channels``-channel
+  signals and the same window; any failure (no Pallas GPU lowering in this jax, a compiler
+  error, a wrong value) means False, with one warning per process that names it.
+  """
+  from ssldml_jax import dtw_pallas  # pylint: disable=import-outside-toplevel
+  global _fallback_warned
+  rng = np.random.default_rng(0)
+  length = 2 * lanes + 3
+  x = rng.normal(size=(anchors + 1, length, channels)).astype(np.float32)
+  y = rng.normal(size=(2, length, channels)).astype(np.float32)
+
+  def both(x, y):
+    xa, ya = _augment(x, y)
+    return (dtw_pallas.cross_accumulated(xa, ya, window=window, lanes=lanes, anchors=anchors),
+            _cross_accumulated(x, y, window, None, DEFAULT_BLOCK))
+
+  try:
+    # Compiled ahead of time and called on NumPy arrays: this runs now, also while an
+    # enclosing function is being traced.
+    compiled = jax.jit(both).lower(x, y).compile()
+    got, want = (np.asarray(v) for v in compiled(x, y))
+    err = float(np.max(np.abs(got - want) / want))
+    if not err <= 1e-4:
+      raise ArithmeticError(f"it differs from the XLA program by {err:.1e} (relative) on a "
+                            "probe")
+    return True
+  except Exception as e:  # pylint: disable=broad-except  # Any failure means: use XLA.
+    if not _fallback_warned:
+      _fallback_warned = True
+      reason = (str(e).strip().splitlines() or [""])[0][:300]
+      warnings.warn(f"DTW: the Pallas kernel is not usable on this {_backend()} backend "
+                    f"({type(e).__name__}: {reason}); using the XLA program (dtw impl 'auto')",
+                    RuntimeWarning, stacklevel=2)
+    return False
+
+
+def _use_kernel(impl: str, x: jax.Array, y: jax.Array, window: Optional[int]) -> bool:
+  """Whether ``cross_dtw`` runs the Pallas kernel (see the module docstring)."""
+  if impl == "xla":
+    return False
+  if impl == "pallas":
+    return True
+  if _backend() != "gpu" or x.dtype != jnp.float32 or y.dtype != jnp.float32:
+    return False
+  from ssldml_jax import dtw_pallas  # pylint: disable=import-outside-toplevel
+  lanes, anchors = dtw_pallas.default_tiling(x.shape[1], y.shape[1], window)
+  return _kernel_works(x.shape[2] + 2, window, lanes, anchors)
+
+
+def _kernel_accumulated(x: jax.Array, y: jax.Array, window: Optional[int]) -> jax.Array:
+  from ssldml_jax import dtw_pallas  # pylint: disable=import-outside-toplevel
+  xa, ya = _augment(x, y)
+  return dtw_pallas.cross_accumulated(xa, ya, window=window, interpret=_backend() != "gpu")
+
+
+# --------------------------------------------------------------------------------------------
 # Public functions. They are jitted with their options static (compiled once per shape and
 # options when called eagerly; inlined when called inside another jit or pmap).
 
 
-@functools.partial(jax.jit, static_argnames=("window", "decimate", "block"))
+@functools.partial(jax.jit, static_argnames=("window", "decimate", "block", "impl"))
 def cross_dtw(x: jax.Array, y: jax.Array, *, window: Optional[int] = None, decimate: int = 1,
-              block: int = DEFAULT_BLOCK) -> jax.Array:
+              block: int = DEFAULT_BLOCK, impl: str = "auto") -> jax.Array:
   """DTW distances ``(B, M)`` between ``x (B, T, C)`` and ``y (M, U, C)`` (lengths may differ).
 
   ``[b, m]`` equals ``dtaidistance.dtw_ndim.distance(x[b], y[m], window=window)`` (see the module
   docstring for ``window`` and ``decimate``). ``block`` anchors (rows of ``x``) are processed
-  together; it changes speed and memory, not results.
+  together by the XLA program; it changes speed and memory, not results. ``impl`` is
+  ``'auto'``, ``'xla'`` or ``'pallas'`` (module docstring); the values agree to float32 rounding.
   """
   x, y = _check_signals(x, "x"), _check_signals(y, "y")
   if x.shape[2] != y.shape[2]:
@@ -416,8 +504,12 @@ def cross_dtw(x: jax.Array, y: jax.Array, *, window: Optional[int] = None, decim
                      f"and y {tuple(y.shape)}")
   factor = _check_factor(decimate)
   window = _decimated_window(_check_window(window), factor)
+  block, impl = _check_block(block), _check_impl(impl)
   x, y = _decimate(x, factor), _decimate(y, factor)
-  acc = _cross_accumulated(x, y, window, None, _check_block(block))
+  if _use_kernel(impl, x, y, window):
+    acc = _kernel_accumulated(x, y, window)
+  else:
+    acc = _cross_accumulated(x, y, window, None, block)
   return jnp.sqrt(jnp.maximum(acc, 0.0))
 
 

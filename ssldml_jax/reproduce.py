@@ -2,7 +2,8 @@
 
 1. Builds ``config.data.name`` if it is missing, prints the cohort (ECGs, patients, mPCWP > 18
    prevalence, sex and age bands per split; also ``tables/cohort.*``) and draws one test ECG as
-   a standard 12-lead page (``plots/example_ecg.png``).
+   a standard 12-lead page (``plots/example_ecg.png``); for the synthetic cohort, one page per
+   heart condition it models (``plots/conditions/``).
 2. Pretrains every trainable method of ``config.methods`` (names of ``ssldml_jax.methods``) in
    ``pretrain/<method>/``, each with its stage of this config (``methods.stage_config``: the
    shared sections and the keys that method reads).
@@ -167,6 +168,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
                          title=f"{example['ecg_id']} ({config.data.name}, "
                                f"{config.example_ecg_split})")
   print(f"example ECG: {example_path}", flush=True)
+  if config.data.name.split("/")[0] == "ecg_synth":
+    pages = os.path.join(root, "plots", "conditions")
+    if chief and not os.path.isdir(pages):
+      # Written to a temporary folder first: a folder that exists holds every page.
+      plot_ecg.plot_conditions(pages + ".tmp",
+                               sampling_rate=int(builder.builder_config.sampling_rate),
+                               seed=int(config.seed))
+      os.replace(pages + ".tmp", pages)
+    print(f"one 12-lead page per condition of the synthetic cohort: {pages}", flush=True)
 
   for method in trained:
     stage = stages[f"pretrain/{method}"]

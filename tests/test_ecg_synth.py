@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from ssldml_jax.data import build, ecg_synth, records, simulator, tfds_common
 
 TINY = "ecg_synth/tiny"
+VERSION = str(ecg_synth.EcgSynth.VERSION)
 
 
 def _collect(chunks):
@@ -159,14 +160,14 @@ def test_interrupted_build_and_failed_rebuild_leave_no_complete_dataset(tmp_path
       yield chunk
       # What a SIGKILL here would leave behind: the temporary directory, half written.
       (partial,) = glob.glob(os.path.join(config_dir, "incomplete.*"))
-      shutil.copytree(partial, os.path.join(config_dir, "incomplete.KILLED_1.0.0"),
+      shutil.copytree(partial, os.path.join(config_dir, f"incomplete.KILLED_{VERSION}"),
                       dirs_exist_ok=True)
       raise RuntimeError("power cut")
 
   monkeypatch.setattr(simulator, "generate", power_cut)
   with pytest.raises(RuntimeError, match="power cut"):
     build.build(TINY, data_dir)
-  assert os.listdir(config_dir) == ["incomplete.KILLED_1.0.0"]
+  assert os.listdir(config_dir) == [f"incomplete.KILLED_{VERSION}"]
   assert not tfds.builder(TINY, data_dir=data_dir).is_prepared()
   with pytest.raises(build.DatasetError, match="not built"):
     build.ensure_built(TINY, data_dir, build_if_missing=False)
@@ -187,7 +188,7 @@ def test_interrupted_build_and_failed_rebuild_leave_no_complete_dataset(tmp_path
   rebuilt = build.build(TINY, data_dir, overwrite=True)
   assert rebuilt.is_prepared() and tfds_common.read_build_report(rebuilt)["skipped"] == []
   assert {s: len(rebuilt.as_data_source(s)) for s in ecg_synth.SPLITS} == counts
-  assert sorted(os.listdir(config_dir)) == ["1.0.0", "incomplete.KILLED_1.0.0"]
+  assert sorted(os.listdir(config_dir)) == [VERSION, f"incomplete.KILLED_{VERSION}"]
   assert not glob.glob(os.path.join(data_dir, ".rebuild-*"))
 
 
@@ -221,4 +222,15 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 def test_report_json_is_plain(ecg_synth_tiny):
   with open(os.path.join(ecg_synth_tiny.data_dir, tfds_common.REPORT_FILENAME)) as f:
     report = json.load(f)
-  assert records.BuildReport(**report).summary().startswith("ecg_synth/tiny/1.0.0: wrote ")
+  assert records.BuildReport(**report).summary().startswith(f"ecg_synth/tiny/{VERSION}: wrote ")
+
+
+def test_a_cohort_built_by_an_older_simulator_is_never_read(ecg_synth_tiny, tmp_path):
+  # The first release's records (another simulator) as a user's data directory may hold them.
+  assert tfds.core.Version(VERSION) > tfds.core.Version("1.0.0")
+  assert VERSION in ecg_synth.EcgSynth.RELEASE_NOTES
+  old = tmp_path / "ecg_synth" / "tiny" / "1.0.0"
+  shutil.copytree(ecg_synth_tiny.data_dir, old)
+  assert not tfds.builder(TINY, data_dir=str(tmp_path)).is_prepared()
+  with pytest.raises(build.DatasetError, match="not built"):
+    build.ensure_built(TINY, str(tmp_path), build_if_missing=False)

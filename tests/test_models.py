@@ -1,4 +1,7 @@
-"""Encoders and heads: shapes, hand-counted parameters and FLOPs, bf16, BatchNorm over devices."""
+"""Encoders and heads: shapes, hand-counted parameters and FLOPs, bf16, BatchNorm over devices,
+heads against NumPy forward passes."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -146,20 +149,82 @@ def test_summary_counts_params_and_flops(tiny):
   assert "parameters" in s.format()
 
 
-def test_heads():
-  emb = jnp.ones((B, EMB))
-  probe, proj = ProbeHead(out_dim=1), ProjectionHead(hidden_dim=32, out_dim=8)
+def _generic(module, *args, seed=0, **kwargs):
+  """``module``'s variables filled with generic NumPy draws (non-trivial BatchNorm state)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(functools.partial(module.init, **kwargs), _key(0), *args)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+    return rng.normal(0.0, 0.5, s.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _dense(p, x):
+  return x @ np.asarray(p["kernel"], np.float64) + p["bias"]
+
+
+def _batchnorm(p, x, mean, var):
+  return (x - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def test_projection_head_is_dense_relu_dense():
+  emb = np.random.default_rng(1).normal(size=(B, EMB)).astype(np.float32)
+  head = ProjectionHead(hidden_dim=32, out_dim=8)
+  v = _generic(head, emb)
+  p = v["params"]
+  want = _dense(p["out"], np.maximum(_dense(p["hidden"], emb), 0.0))
+  np.testing.assert_allclose(jax.jit(head.apply)(v, emb), want, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_head_equals_numpy_in_both_modes():
+  """Dense -> BatchNorm (running statistics, or the batch's with the PyTorch-style update of
+  the running ones) -> ReLU -> Dense; dropout off so that training mode is deterministic."""
+  emb = np.random.default_rng(2).normal(size=(8, EMB)).astype(np.float32)
+  head = ProbeHead(out_dim=3, hidden_dim=16, dropout=0.0)
+  v = _generic(head, emb, train=False)
+  p, stats = v["params"], v["batch_stats"]["bn"]
+
+  def forward(mean, var):
+    h = _batchnorm(p["bn"], _dense(p["hidden"], emb), mean, var)
+    return _dense(p["out"], np.maximum(h, 0.0))
+
+  evaluated = jax.jit(lambda v, x: head.apply(v, x, train=False))(v, emb)
+  np.testing.assert_allclose(evaluated, forward(stats["mean"], stats["var"]), rtol=1e-4,
+                             atol=1e-4)
+  trained, new = jax.jit(lambda v, x: head.apply(v, x, train=True, mutable=["batch_stats"]))(
+      v, emb)
+  hidden = _dense(p["hidden"], emb)
+  mean, var = hidden.mean(axis=0), hidden.var(axis=0)  # the batch's (biased) variance
+  np.testing.assert_allclose(trained, forward(mean, var), rtol=1e-4, atol=1e-4)
+  # Running averages: 0.9 old + 0.1 batch (PyTorch's momentum 0.1). The variance averaged in is
+  # the batch's biased one (flax); PyTorch averages the unbiased one, larger by n / (n - 1).
+  np.testing.assert_allclose(new["batch_stats"]["bn"]["mean"],
+                             0.9 * stats["mean"] + 0.1 * mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["batch_stats"]["bn"]["var"], 0.9 * stats["var"] + 0.1 * var,
+                             rtol=1e-5, atol=1e-6)
+  assert trained.dtype == evaluated.dtype == jnp.float32
+
+
+def test_probe_head_dropout_is_on_in_training_only():
+  emb = np.random.default_rng(3).normal(size=(B, EMB)).astype(np.float32)
+  head = ProbeHead(out_dim=1)
+  v = _generic(head, emb, train=False)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v["params"]))
+  assert n == EMB * 128 + 128 + 2 * 128 + 128 + 1  # Dense 128, BatchNorm, Dense 1
 
   @jax.jit
-  def run(emb):
-    v = probe.init(_key(0), emb)
-    out, _ = probe.apply(v, emb, train=True, rngs={"dropout": _key(1)}, mutable=["batch_stats"])
-    return v, out, probe.apply(v, emb), proj.apply(proj.init(_key(0), emb), emb)
+  def run(key):
+    train = head.apply(v, emb, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[0]
+    off = head.clone(dropout=0.0).apply(v, emb, train=True, mutable=["batch_stats"])[0]
+    return train, off, head.apply(v, emb), head.clone(dropout=0.0).apply(v, emb)
 
-  v, train_out, eval_out, projected = run(emb)
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v["params"]))
-  assert n == EMB * 128 + 128 + 2 * 128 + 128 + 1
-  assert train_out.shape == eval_out.shape == (B, 1) and projected.shape == (B, 8)
+  train, off, evaluated, evaluated_off = run(_key(1))
+  assert not np.allclose(train, off)
+  np.testing.assert_array_equal(evaluated, evaluated_off)
 
 
 @pytest.mark.parametrize("key,value,match", [

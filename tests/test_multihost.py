@@ -10,6 +10,11 @@ the same losses and end with the same encoder.
 Run as a script (``python tests/test_multihost.py REFERENCE_DIR RESUME_DIR``), this file is that
 single process: it trains the reference, waits for a line on stdin (the 2-process run is done),
 then resumes. One process for both runs compiles the step once.
+
+Padded evaluation: a supervised run evaluates the 39 validation ECGs in global batches that do
+not divide them, on 1 process x 8 devices, 1 x 1 (through ``launch/local.sh``) and 2 x 2
+(``launch/multiprocess.sh``); each logged loss and accuracy must be the plain NumPy mean over the
+39 ECGs of what the checkpointed model predicts.
 """
 
 import json
@@ -21,8 +26,8 @@ import jax
 import numpy as np
 import pytest
 
-from ssldml_jax import cli, config_defaults, metrics_log, train_lib
-from ssldml_jax.data import pipeline
+from ssldml_jax import checkpoint, cli, config_defaults, metrics_log, steps, train_lib
+from ssldml_jax.data import build, pipeline, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = "configs/ssl_dml_euclidean.py:tiny"  # Euclidean mining: DTW compiles slower.
@@ -133,6 +138,7 @@ def _meta(workdir: str, step: int) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_on_one(ecg_synth_tiny, tmp_path):
   reference_dir, two_dir = str(tmp_path / "one_process"), str(tmp_path / "two_processes")
   logs = tmp_path / "logs"
@@ -181,6 +187,88 @@ def test_two_processes_train_like_one_and_resume_on_one(ecg_synth_tiny, tmp_path
   assert jax.tree.structure(ref) == jax.tree.structure(two)
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(two)):
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
+# --- Padded evaluation --------------------------------------------------------------------------
+
+EVAL_SPEC = "configs/supervised.py:tiny"     # Binary: a per-ECG loss, whatever the batching.
+EVAL_OVERRIDES = {
+    "data.per_device_batch_size": 2,
+    "data.eval_per_device_batch_size": 2,    # 39 ECGs in global batches of 16, 2 or 2 x 2 x 2.
+    "model.stage_sizes": (1,),
+    "train.num_steps": 1,
+    "train.checkpoint_every_steps": 1,
+    "train.log_every_steps": 1,
+    "train.eval_batches": 100,               # All of them.
+    "train.progress_bar": False,
+}
+
+
+def _restored_state(workdir: str, config) -> steps.TrainState:
+  """The newest checkpoint's train state (the trainer's checkpoint layout)."""
+  template = train_lib.build_program(config, 1).init_state(jax.random.PRNGKey(0), 500)
+  key = jax.random.PRNGKey(0)
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    _, tree, _ = ckpts.restore_latest(train_lib._state_tree(template, key))
+  return train_lib._from_tree(template, tree)[0]
+
+
+def _numpy_eval(config, state: steps.TrainState) -> dict:
+  """Loss and accuracy of the model in ``state`` over every validation ECG: NumPy means of the
+  per-ECG binary cross-entropy and hits of its logits."""
+  builder = build.ensure_built(config.data.name)
+  source = builder.as_data_source("validation")
+  rate = builder.builder_config.sampling_rate
+  ecg = np.stack([records.resample(records.int16_uv_to_mv(source[i]["ecg"]), rate,
+                                   config.data.sampling_rate) for i in range(len(source))])
+  y = np.array([source[i]["pcwp"] for i in range(len(source))]) > config.task.pcwp_threshold
+  mods = steps.build_models(config, bn_axis_name=None)
+
+  @jax.jit
+  def logits(x):
+    variables = lambda part: {"params": state.params[part],  # noqa: E731
+                              "batch_stats": state.batch_stats[part]}
+    emb = mods.encoder.apply(variables("encoder"), x, train=False)
+    return mods.head.apply(variables("head"), emb, train=False)[:, 0]
+
+  z = np.asarray(logits(ecg.astype(np.float32)), np.float64)
+  return {"count": len(z), "loss": np.mean(np.logaddexp(0.0, z) - y * z),
+          "task_accuracy": np.mean((z > 0) == y)}
+
+
+def _run_eval_layout(layout: str, workdir: str, tmp_path) -> None:
+  flags = [f"--config={os.path.join(REPO, EVAL_SPEC)}", f"--workdir={workdir}"] + [
+      f"--config.{key}={value}" for key, value in EVAL_OVERRIDES.items()]
+  env = dict(os.environ, PYTHON=sys.executable, SSLDML_LOG_DIR=str(tmp_path / "logs"))
+  if layout == "1x8":
+    config = cli.load_config_file(os.path.join(REPO, EVAL_SPEC))
+    config.update_from_flattened_dict(EVAL_OVERRIDES)
+    train_lib.train_and_evaluate(config, workdir)
+    return
+  if layout == "1x1":
+    command = ["bash", "launch/local.sh", "pretrain", "--", *flags]
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  else:
+    command = ["bash", "launch/multiprocess.sh", "2", "--devices_per_process=2", "--", "pretrain",
+               *flags]
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,global_batch", [("1x8", 16), ("1x1", 2), ("2x2", 8)])
+def test_padded_evaluation_is_the_mean_over_real_examples(layout, global_batch, ecg_synth_tiny,
+                                                         tmp_path):
+  workdir = str(tmp_path / "run")
+  _run_eval_layout(layout, workdir, tmp_path)
+  config = metrics_log.read_config(workdir)
+  want = _numpy_eval(config, _restored_state(workdir, config))
+  assert want["count"] == 39 and want["count"] % global_batch  # The last batch is padded.
+  logged = [r for r in metrics_log.read_metrics(workdir) if "eval/validation/loss" in r]
+  assert [r["step"] for r in logged] == [1]
+  assert logged[0]["eval/validation/loss"] == pytest.approx(want["loss"], rel=2e-5)
+  assert logged[0]["eval/validation/task_accuracy"] == pytest.approx(want["task_accuracy"],
+                                                                     abs=1e-6)
 
 
 if __name__ == "__main__":

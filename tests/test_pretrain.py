@@ -5,9 +5,7 @@ compiled program is reused by the tests that drive steps directly, by the resume
 non-finite run, which differ from it only in keys that do not change the step.
 """
 
-import functools
 import os
-import random
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssldml_jax import augment, checkpoint, cli, methods, metrics_log, parallel, steps, train_lib
+from ssldml_jax import checkpoint, cli, methods, metrics_log, parallel, steps, train_lib
 from ssldml_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,6 +89,7 @@ def ssl_run(ssl_config, tmp_path_factory):
   return ssl_config, workdir, final
 
 
+@pytest.mark.slow
 def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
   config, workdir, final = ssl_run
   records = metrics_log.read_metrics(workdir)
@@ -115,6 +114,7 @@ def test_ssl_dml_run_logs_learns_and_exports(ssl_run):
   assert emb.shape == (3, loaded.model.embedding_dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["configs/ssl_dml_dtw.py:tiny",
                                   "configs/supervised_dml.py:tiny",
                                   "configs/supervised_dml_regression.py:tiny",
@@ -169,30 +169,80 @@ def test_8x4_equals_1x32(ssl_config):
   assert float(m1["loss"][0]) > 0
 
 
-def test_pmap_equals_shard_map(ssl_config):
-  config = ssl_config
-  sharded = _config(SSL_SPEC, **{"train.parallel": "shard_map"})
-  programs = [train_lib.build_program(c, NUM_STEPS) for c in (config, sharded)]
+@pytest.mark.parametrize("spec", [SSL_SPEC, "configs/ssl_dml_dtw.py:tiny"])
+def test_pmap_equals_shard_map(spec):
+  """Two train steps and an eval step on a padded batch, DTW mining included (its wavefront's
+  loop carries are why the shard_map is built with check_vma=False)."""
+  configs = [_config(spec, **{"train.parallel": mode}) for mode in ("pmap", "shard_map")]
+  programs = [train_lib.build_program(c, NUM_STEPS) for c in configs]
   state = programs[0].init_state(jax.random.PRNGKey(5), 500)
   rng = parallel.replicate(jax.random.PRNGKey(6))
-  batches = _batches(config, 2)
+  batches = _batches(configs[0], 2)
+  mask = np.array(batches[0]["mask"])
+  mask[-1, 1:] = False  # The last device holds one real ECG.
+  padded = dict(batches[0], mask=jax.device_put(mask, parallel.device_sharding()))
   results = []
   for program in programs:
     p_state = parallel.replicate(state)
     for batch in batches:
       p_state, metrics = program.train_step(p_state, batch, rng)
-    results.append((train_lib.first_replica(p_state), jax.device_get(metrics)))
+    evaluated = program.eval_step(p_state, padded, rng)
+    results.append((train_lib.first_replica(p_state), jax.device_get((metrics, evaluated))))
   (s_pmap, m_pmap), (s_shard, m_shard) = results
-  # One per-device program either way, so the same numbers, bit for bit.
-  np.testing.assert_array_equal(m_pmap["loss"], m_shard["loss"])
+  # One per-device program either way, so the same numbers, bit for bit, on every device.
+  assert jax.tree.structure(m_pmap) == jax.tree.structure(m_shard)
+  for a, b in zip(jax.tree.leaves(m_pmap), jax.tree.leaves(m_shard)):
+    np.testing.assert_array_equal(a, b)
+  assert m_pmap[1]["valid_triplets"][0] == 1.0 and np.isfinite(m_pmap[1]["loss"]).all()
   for a, b in zip(jax.tree.leaves(s_pmap), jax.tree.leaves(s_shard)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_killed_and_resumed_equals_uninterrupted(ssl_run, tmp_path):
+class _Interrupted(Exception):
+  """Stands for a run stopped from outside (a kill, a preemption) in the restore test."""
+
+
+@pytest.mark.slow
+def test_shard_map_run_interrupted_and_restored_equals_pmap_run(ssl_run, tmp_path, monkeypatch,
+                                                                capsys):
+  config, reference_dir, reference_final = ssl_run
+  sharded = _config(SSL_SPEC, **{"train.parallel": "shard_map"})
+  workdir = str(tmp_path)
+  real = train_lib.device_batch
+  calls = []
+
+  def interrupt_at_step_18(batch, **kwargs):
+    calls.append(1)
+    if len(calls) == 18:  # After the checkpoint of step 16 was started.
+      raise _Interrupted()
+    return real(batch, **kwargs)
+
+  monkeypatch.setattr(train_lib, "device_batch", interrupt_at_step_18)
+  with pytest.raises(_Interrupted):
+    train_lib.train_and_evaluate(sharded, workdir)
+  monkeypatch.setattr(train_lib, "device_batch", real)
+  capsys.readouterr()
+  final = train_lib.train_and_evaluate(sharded, workdir)
+  assert f"resuming at step 16 of {NUM_STEPS}" in capsys.readouterr().err
+  (step_a, a), (step_b, b) = _final_state(reference_dir, config), _final_state(workdir, config)
+  assert step_a == step_b == NUM_STEPS
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  evaluated = {k: v for k, v in reference_final.items() if k.startswith("eval/")}
+  assert evaluated and {k: final[k] for k in evaluated} == evaluated
+  logged = [r["step"] for r in metrics_log.read_metrics(workdir) if "loss" in r]
+  assert logged == list(range(1, NUM_STEPS + 1))
+
+
+# The kill: seeded, after the first checkpoint (step 8) and early enough that the run is still
+# going when the signal arrives.
+KILL_AFTER = int(np.random.default_rng(2023).integers(9, NUM_STEPS - 3))
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_equals_uninterrupted(ssl_run, tmp_path, capsys):
   config, reference_dir, _ = ssl_run
   workdir = str(tmp_path / "killed")
-  kill_after = random.randint(3, NUM_STEPS - 10)
   log_path = tmp_path / "killed.log"  # A file, not a pipe: a full pipe would stall the run.
   with open(log_path, "w") as log:
     proc = subprocess.Popen(
@@ -200,26 +250,30 @@ def test_killed_and_resumed_equals_uninterrupted(ssl_run, tmp_path):
          f"--workdir={workdir}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
   metrics_path = os.path.join(workdir, metrics_log.METRICS_FILE)
   deadline = time.time() + 300
-  reached = 0
+  reached, saved = 0, None
   while proc.poll() is None and time.time() < deadline:
     try:
       with open(metrics_path) as f:
         reached = sum(1 for line in f if '"loss"' in line)
     except FileNotFoundError:
       pass
-    if reached >= kill_after:
+    # A step directory appears only once orbax has written all of it (atomic rename).
+    saved = checkpoint.latest_readable_meta(workdir)
+    if reached >= KILL_AFTER and saved is not None:
       break
     time.sleep(0.01)
   running = proc.poll() is None
   proc.kill()  # SIGKILL, mid-run (or, on a timeout, to end it).
   proc.wait()
-  assert running and reached >= kill_after, \
-      f"not killed at step {kill_after} (rc {proc.returncode}): {log_path.read_text()[-2000:]}"
+  assert running and reached >= KILL_AFTER and saved is not None, \
+      f"not killed at step {KILL_AFTER} (rc {proc.returncode}): {log_path.read_text()[-2000:]}"
   with checkpoint.Checkpoints(workdir, read_only=True) as left:
     killed_at = left.steps()
-  assert not killed_at or max(killed_at) < NUM_STEPS
+  assert killed_at and max(killed_at) < NUM_STEPS, killed_at
 
+  capsys.readouterr()
   train_lib.train_and_evaluate(config, workdir)  # Started again: resumes.
+  assert f"resuming at step {max(killed_at)} of {NUM_STEPS}" in capsys.readouterr().err
   (step_a, a), (step_b, b) = _final_state(reference_dir, config), _final_state(workdir, config)
   assert step_a == step_b == NUM_STEPS
   assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -256,6 +310,7 @@ def test_nonfinite_step_is_skipped(ssl_config):
                             before.params["encoder"]["embedding"]["kernel"])
 
 
+@pytest.mark.slow
 def test_repeated_nonfinite_stops_with_last_checkpoint_intact(ssl_config, tmp_path, monkeypatch,
                                                                capsys):
   config = _config(SSL_SPEC, **{"train.max_consecutive_nonfinite": 3,
@@ -295,65 +350,6 @@ def test_bad_config_names_the_key():
     train_lib.validate_config(_config(SSL_SPEC, method="random"))
   with pytest.raises(cli.ConfigError, match="unknown config argument"):
     cli.load_config_file(os.path.join(REPO, "configs/simclr.py:regression"))
-
-
-# --- Augmentations -------------------------------------------------------------------------------
-
-# Compiled for compile speed: the test runs it once.
-@functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-def _augmented(key, x):
-  """Every augmentation of ``x`` in one compiled call (eager calls would compile op by op)."""
-  return {"scaled": augment.amplitude_scale(key, x, 0.5, 2.0),
-          "dropped": augment.lead_dropout(key, x, 0.5),
-          "masked": augment.time_mask(key, x, 0.2),
-          "wander": augment.baseline_wander(key, x, 0.3, 50.0, 0.5) - x,
-          "noise": augment.gaussian_noise(key, x, 0.1) - x,
-          "chain": augment.augment(key, x, {"noise_std": 0.05, "scale_min": 0.8, "scale_max": 1.25,
-                                            "time_mask_fraction": 0.1, "wander_mv": 0.1,
-                                            "wander_max_hz": 0.5, "lead_dropout": 0.1}, 50.0)}
-
-
-def test_augmentations_keep_what_they_must():
-  key = jax.random.PRNGKey(0)
-  x = np.random.default_rng(0).normal(size=(6, 200, 12)).astype(np.float32)
-  x[:, :, 2] = x[:, :, 1] - x[:, :, 0]  # Einthoven: III = II - I.
-  out = jax.tree.map(np.asarray, _augmented(key, x))
-  scaled = out["scaled"]  # A per-ECG gain keeps the limb-lead relations.
-  np.testing.assert_allclose(scaled[:, :, 2], scaled[:, :, 1] - scaled[:, :, 0], atol=1e-5)
-  gain = scaled[:, 0, 0] / x[:, 0, 0]
-  assert np.all((gain >= 0.5 - 1e-5) & (gain <= 2.0 + 1e-5)) and np.ptp(gain) > 0
-  np.testing.assert_allclose(scaled / gain[:, None, None], x, rtol=1e-5, atol=1e-6)
-  dropped = out["dropped"]
-  zero_leads = np.all(dropped == 0, axis=1)
-  assert zero_leads.any() and not zero_leads.all()
-  np.testing.assert_array_equal(dropped, np.where(zero_leads[:, None, :], 0.0, x))
-  zero_t = np.all(out["masked"] == 0, axis=2)
-  for row in zero_t:
-    idx = np.flatnonzero(row)
-    assert len(idx) <= 40 and (len(idx) == 0 or np.all(np.diff(idx) == 1))
-  assert zero_t.any()
-  np.testing.assert_array_equal(np.where(zero_t[:, :, None], 0.0, x), out["masked"])
-  wander = out["wander"]
-  assert 0 < np.abs(wander).max() <= 0.3 + 1e-5
-  # Slow: a sinusoid of amplitude A below f Hz changes by at most 2 pi f A / rate per sample.
-  assert np.abs(np.diff(wander, axis=1)).max() <= 2 * np.pi * 0.5 * 0.3 / 50.0 + 1e-6
-  assert 0.09 < out["noise"].std() < 0.11
-  assert out["chain"].shape == x.shape and np.isfinite(out["chain"]).all()
-  assert not np.allclose(out["chain"], x)
-  for fn, args in ((augment.gaussian_noise, (0.0,)), (augment.lead_dropout, (0.0,)),
-                   (augment.time_mask, (0.0,)), (augment.amplitude_scale, (1.0, 1.0)),
-                   (augment.baseline_wander, (0.0, 50.0))):
-    assert fn(key, x, *args) is x  # A zero strength is off.
-  a, b = augment.temporal_halves(x[:, :199])
-  assert a.shape == b.shape == (6, 99, 12)
-  np.testing.assert_array_equal(b, x[:, 99:198])
-
-
-def test_patient_keys_match_equal_ids():
-  ids = np.array([["p1", "p2"], ["p1", "p3"]])
-  keys = steps.patient_keys(ids)
-  assert keys.dtype == np.int32 and keys.shape == (2, 2)
-  assert keys[0, 0] == keys[1, 0] and len({keys[0, 1], keys[1, 1], keys[0, 0]}) == 3
 
 
 def test_bench_peer_is_the_same_network(monkeypatch):

@@ -34,10 +34,15 @@ def _check_tables(config, root):
     body = tables.read_markdown_body(f.read())
   with open(os.path.join(root, "tables", "classification.tex")) as f:
     latex = tables.read_latex_body(f.read())
+  with open(os.path.join(root, "tables", "classification.csv")) as f:
+    header, *csv_body = csv.reader(f)
+  assert header == ["Method", "n", "AUROC", "AUPRC", "F1", "Accuracy"]
+  assert csv_body == body  # Every row and cell, as in Markdown.
   assert [r[0] for r in body] == ["SSL-DML (Euclidean)", "Random encoder"]
+  assert [r[0] for r in latex] == [r[0] for r in body] and len(latex) == len(body)
   n_test = len(_labels(config, "test")["ecg_id"])
   for row, tex in zip(body, latex):
-    assert row[1] == str(n_test)
+    assert len(row) == len(tex) == len(header) and row[1] == tex[1] == str(n_test)
     for cell, tex_cell in zip(row[2:], tex[2:]):  # AUROC .. accuracy, same numbers in LaTeX
       point, low, high = tables.parse_cell(cell)
       assert 0.0 <= low <= point <= high <= 1.0
@@ -59,7 +64,7 @@ def _check_predictions(config, root):
       assert 0.0 < float(r["y_score_binary"]) < 1.0
       assert np.isfinite(float(r["y_score_regression"]))
   for name in ("example_ecg", "roc_pr", "calibration", "embedding_random",
-               "embedding_ssl_dml_euclidean"):
+               "embedding_ssl_dml_euclidean", "conditions/00_normal", "conditions/01_lbbb"):
     with open(os.path.join(root, "plots", name + ".png"), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -91,6 +96,7 @@ def _check_embeddings(config, root):
   np.testing.assert_allclose(saved["embedding"][rows], np.asarray(direct), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_main_job_end_to_end_and_resumed(ecg_synth_tiny, tmp_path, capsys):
   from ssldml_jax import reproduce
 

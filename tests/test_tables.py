@@ -30,32 +30,68 @@ def _rows():
   ]
 
 
-def _numbers(table):
-  return [[T.parse_cell(c) for c in row[2:]] for row in table.body]
+def _same_result(a, b) -> bool:
+  """Two (point, low, high) triples, NaN (n/a, no interval) equal to NaN."""
+  return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
 
 
-def _same(a, b):
-  return all(x == pytest.approx(y, abs=5e-4) or (math.isnan(x) and math.isnan(y))
-             for ra, rb in zip(a, b) for ca, cb in zip(ra, rb) for x, y in zip(ca, cb))
+def _latex_lines(tex: str) -> list[list[str]]:
+  """Header and body cells of a table written by ``to_latex``."""
+  header = tex.split(r"\toprule", 1)[1].split(r"\midrule", 1)[0].strip()
+  return [[c.strip() for c in header.removesuffix(r"\\").split(" & ")]] + T.read_latex_body(tex)
 
 
-def test_classification_table_round_trips(tmp_path):
+def assert_round_trip(table: T.Table, path_stem: str) -> None:
+  """The three files of ``table`` read back to exactly its header and body: every row, every
+  cell; LaTeX's cells to the same numbers (its own dash and minus) or the escaped text."""
+  md, text_csv, tex = (open(p, encoding="utf-8").read() for p in T.write_table(table, path_stem))
+  want = [list(table.header)] + [list(row) for row in table.body]
+  assert list(csv.reader(io.StringIO(text_csv))) == want
+  assert T.read_markdown_body(md) == want[1:]
+  header, rule = [line for line in md.splitlines() if line.startswith("|")][:2]
+  assert T.read_markdown_body("\n".join([header, rule, header])) == want[:1]
+  assert (f"**{table.caption}**" in md) == bool(table.caption)
+  got = _latex_lines(tex)
+  assert len(got) == len(want)
+  for line, wanted in zip(got, want):
+    assert len(line) == len(wanted), (line, wanted)
+    for cell, text in zip(line, wanted):
+      try:
+        number = T.parse_cell(text)
+      except ValueError:
+        assert cell == T.latex_escape(text)
+      else:
+        assert _same_result(T.parse_cell(cell, latex=True), number), (cell, text)
+
+
+def _tables() -> dict:
+  rows = _rows()
+  odd = [T.Row("A|B & C_1", "binary", "auroc", -0.5, -0.75, 0.25, 7)]  # escaped in md and tex
+  result = S.PermutationResult("auroc", "female", "male", 0.8, 0.75, 0.05, 0.0312, 1000, 0, 50, 60)
+  return {"classification": T.classification_table(rows + odd, caption="Elevated mPCWP"),
+          "regression": T.regression_table(
+              rows + [T.Row("random_init", "regression", "mae", 6.5, math.nan, math.nan, 480)]),
+          "subgroups": T.subgroup_table(rows),
+          "fractions": T.label_fraction_table(rows),
+          "pvalues": T.pvalue_table([("SSL-DML", result), ("random_init", result)])}
+
+
+@pytest.mark.parametrize("name", sorted(_tables()))
+def test_tables_round_trip_exactly(name, tmp_path):
+  table = _tables()[name]
+  assert len(table.body) >= 2 and all(len(r) == len(table.header) for r in table.body)
+  assert_round_trip(table, str(tmp_path / "sub" / name))
+
+
+def test_classification_table_cells():
   table = T.classification_table(_rows())
   assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy")
-  assert table.body[0][:3] == ("SSL-DML", "500", "0.812 (0.790-0.834)")
-  assert table.body[1][1:] == ("480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700")
-  paths = T.write_table(table, str(tmp_path / "sub" / "classification"))
-  md, text_csv, tex = (open(p).read() for p in paths)
-  want = _numbers(table)
-  assert want[0][0] == pytest.approx((0.812, 0.790, 0.834))
-  md_body = T.read_markdown_body(md)
-  csv_rows = list(csv.reader(io.StringIO(text_csv)))
-  tex_body = T.read_latex_body(tex)
-  assert tuple(csv_rows[0]) == table.header
-  assert _same([[T.parse_cell(c) for c in r[2:]] for r in md_body], want)
-  assert _same([[T.parse_cell(c) for c in r[2:]] for r in csv_rows[1:]], want)
-  assert _same([[T.parse_cell(c, latex=True) for c in r[2:]] for r in tex_body], want)
-  assert [r[0] for r in tex_body] == ["SSL-DML", "random\\_init"]
+  assert table.body == (("SSL-DML", "500", "0.812 (0.790-0.834)", "0.610 (0.550-0.670)",
+                         "0.580 (0.520-0.630)", "n/a"),
+                        ("random_init", "480", "0.700 (0.671-0.729)", "n/a", "n/a", "0.700"))
+  assert T.parse_cell(table.body[0][2]) == (0.812, 0.790, 0.834)
+  tex = T.to_latex(table)
+  assert [r[0] for r in T.read_latex_body(tex)] == ["SSL-DML", "random\\_init"]
   assert "\\toprule" in tex and "0.812 (0.790--0.834)" in tex
 
 

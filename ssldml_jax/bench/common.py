@@ -140,7 +140,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
       return f"{v:.4g}"
     return str(v)
   cells = [[cell(v) for v in row] for row in rows]
-  widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+  widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
   lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
   lines += ["| " + " | ".join(c.rjust(w) if _NUMBER.fullmatch(c) else c.ljust(w)
@@ -163,17 +163,17 @@ def print_comparison(rows: Sequence[dict], title: str) -> None:
   print(f"\n{title}\n" + table(headers + extra, body), flush=True)
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
   if isinstance(v, dict):
-    return {str(k): _jsonable(x) for k, x in v.items()}
+    return {str(k): jsonable(x) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
-    return [_jsonable(x) for x in v]
+    return [jsonable(x) for x in v]
   if isinstance(v, (np.integer,)):
     return int(v)
   if isinstance(v, (np.floating, float)):
     return float(f"{float(v):.6g}")
   if isinstance(v, np.ndarray):
-    return _jsonable(v.tolist())
+    return jsonable(v.tolist())
   return v
 
 
@@ -193,7 +193,7 @@ def record(name: str, result: dict, path: Optional[str] = None) -> str:
     add += ("\n" if text and not text.endswith("\n") else "") + f"\n{RECORD_HEADING}\n\n"
     add += "Lines appended by the benchmark programs (raw figures, newest last).\n\n"
   add += (f"- `{name}` {machine_line()}: "
-          f"`{json.dumps(_jsonable(result), separators=(',', ':'))}`\n")
+          f"`{json.dumps(jsonable(result), separators=(',', ':'))}`\n")
   with open(path, "a", encoding="utf-8") as f:
     f.write(add)
   return path

@@ -10,12 +10,13 @@ time of ``large`` is extrapolated from ``default``'s.
 config     rate    unlabeled                        train / validation / test        build, 2 cores
 =========  ======  ===============================  ===============================  ===============
 tiny       100 Hz  40 patients (115 ECGs)           32 / 16 / 16 (85 / 39 / 38)      ~1 s
-default    250 Hz  3,200 (8,052 ECGs)               800 / 200 / 200 (1,980/505/487)  ~20 s, 450 MB
-large      250 Hz  80,000 (~200,000 ECGs)           2,400 / 400 / 480 (~8,200 total) ~6 min, ~8 GB
+default    250 Hz  3,200 (8,052 ECGs)               800 / 200 / 200 (1,980/505/487)  ~15 s, 450 MB
+large      250 Hz  80,000 (~200,000 ECGs)           2,400 / 400 / 480 (~8,200 total) ~4 min, ~8 GB
 =========  ======  ===============================  ===============================  ===============
 
 Every record is 10 s. The build is deterministic: the same config and seed give the same
-records, whatever the machine.
+records, whatever the machine. Version 2.0.0 gives the patients heart disease (a heart-failure
+phenotype and its ECG conditions); a 1.0.0 build in the data directory is never read as it.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ class EcgSynthConfig(EcgBuilderConfig):
 class EcgSynth(EcgBuilder):
   """The synthetic cohort of ``ssldml_jax.data.simulator``."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "2.0.0": "Patients get a heart-failure phenotype and its ECG conditions (bundle-branch "
+               "blocks, LVH with and without strain, old infarcts, atrial fibrillation, "
+               "first-degree AV block, low voltage, premature beats); mPCWP follows the "
+               "phenotype. Every record differs from 1.0.0, which this version never reads.",
+  }
   BUILDER_CONFIGS = [
       EcgSynthConfig(name="default", description="Main job: 250 Hz, ~8k unlabeled + ~3k labeled.",
                      sampling_rate=250, patients=(3200, 800, 200, 200)),
@@ -57,9 +64,11 @@ class EcgSynth(EcgBuilder):
   DESCRIPTION = (
       "Synthetic 12-lead ECGs from a moving cardiac dipole (P, QRS and T loops projected onto the "
       "lead axes, so Einthoven's and Goldberger's relations hold), with heart-rate variability, "
-      "baseline wander, mains hum and muscle noise. Patients have an age, a sex and, in the "
-      "labeled splits, a mean PCWP coupled to the ECG as in the clinical literature. Splits are "
-      "patient-disjoint; pcwp is NaN in the unlabeled split.")
+      "baseline wander, mains hum and muscle noise. Patients have an age, a sex, a latent "
+      "heart-failure phenotype with the ECG conditions of a catheterisation cohort (bundle-branch "
+      "blocks, LVH, old infarcts, atrial fibrillation, AV block, low voltage, premature beats) "
+      "and, in the labeled splits, a mean PCWP coupled to the ECG as in the clinical literature. "
+      "Splits are patient-disjoint; pcwp is NaN in the unlabeled split.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # Nothing to download: the data is generated.

@@ -2,12 +2,18 @@
 
 The page is laid out in millimetres of ECG paper (25 mm/s, 10 mm/mV), so the grid squares are the
 familiar 1 mm = 40 ms x 0.1 mV and 5 mm = 200 ms x 0.5 mV, whatever the sampling rate.
+
+``plot_conditions`` draws one page per condition of the synthetic cohort (and one without any),
+titled with the condition and its criterion; from the shell::
+
+  python -m ssldml_jax.data.plot_ecg --out_dir=plots/conditions [--sampling_rate=250] [--seed=0]
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+import sys
+from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -100,5 +106,106 @@ def plot_12lead(ecg_mv: np.ndarray, sampling_rate: float, path: str,
   ax.axis("off")
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=200)
+  # Written under a temporary name and renamed, so that no half-written page is ever left.
+  stem, ext = os.path.splitext(path)
+  partial = f"{stem}.partial-{os.getpid()}{ext}"
+  try:
+    fig.savefig(partial, dpi=200)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
   return path
+
+
+NORMAL = "normal"
+_CANDIDATES = 12   # ECGs drawn per page; the first that shows its condition best is drawn
+
+
+def _criterion(name: str, truth: dict, i: int) -> str:
+  """The condition's criterion as the simulator rendered it, for the page title."""
+  if name in ("lbbb", "rbbb"):
+    return f"QRS {truth['qrs_duration_ms'][i]:.0f} ms"
+  if name in ("lvh", "lvh_strain"):
+    return (f"Sokolow-Lyon {truth['sokolow_lyon_mv'][i]:.1f} mV, "
+            f"Cornell {truth['cornell_mv'][i]:.1f} mV")
+  if name == "av_block_1":
+    return f"PR {truth['pr_interval_ms'][i]:.0f} ms"
+  if name == "low_voltage":
+    return f"largest limb-lead QRS {truth['limb_qrs_mv'][i]:.2f} mV"
+  if name in ("pvc", "pac"):
+    return f"{truth[name + '_count'][i]} premature beat(s) in 10 s"
+  if name == "af":
+    return f"ventricular rate {truth['heart_rate_bpm'][i]:.0f} bpm"
+  return (f"rate {truth['heart_rate_bpm'][i]:.0f} bpm, PR {truth['pr_interval_ms'][i]:.0f} ms, "
+          f"QRS {truth['qrs_duration_ms'][i]:.0f} ms")
+
+
+def plot_conditions(out_dir: str, sampling_rate: int = 250, seed: int = 0) -> list[str]:
+  """Draws one 10-s 12-lead page per condition of the synthetic cohort into ``out_dir``.
+
+  Pages are ``00_normal.png`` (no condition) and ``NN_<condition>.png`` in
+  ``simulator.CONDITIONS`` order, each an ECG with only that condition, titled with its name and
+  its criterion's value. A 65-year-old patient with mPCWP 16 mmHg; among a few ECGs drawn from
+  ``seed``, the page shows one that shows the condition (a textbook QRS axis, AF on the day,
+  three or more premature beats) with the least noise and the least rotated heart. Returns the
+  paths written.
+  """
+  import numpy as np
+
+  from ssldml_jax.data import conditions, simulator
+
+  pages = []
+  for page, name in enumerate((NORMAL,) + simulator.CONDITIONS):
+    rng = np.random.default_rng([seed, page])
+    n = _CANDIDATES
+    present = [() if name == NORMAL else (name,)] * n
+    ecg, truth = simulator.simulate_ecgs(
+        rng, n, pcwp=np.full(n, 16.0), age=np.full(n, 65.0),
+        sex=np.arange(n) % 2, sampling_rate=sampling_rate, conditions_present=present)
+    # A textbook axis: normal, or left in LBBB and LVH.
+    low, high = (-45.0, 60.0) if name in ("lbbb", "lvh", "lvh_strain") else (-30.0, 90.0)
+    shows = (truth["qrs_axis_deg"] >= low) & (truth["qrs_axis_deg"] <= high)
+    if name in ("pvc", "pac"):
+      shows &= truth[name + "_count"] >= 3
+    elif name == "af":
+      shows &= truth["af"]
+    # Noise: baseline wander (how the 1-s means of each lead move) plus muscle noise (the
+    # median sample-to-sample step, which the waves barely move).
+    seconds = ecg[:, :ecg.shape[1] // sampling_rate * sampling_rate]
+    means = seconds.reshape(n, -1, sampling_rate, ecg.shape[2]).mean(axis=2)
+    noise = (means.std(axis=1).mean(axis=1)
+             + np.median(np.abs(np.diff(ecg, axis=1)), axis=(1, 2)))
+    # Least noise and least rotation of the heart away from the textbook position.
+    typical = (noise / np.median(noise)
+               + np.linalg.norm(truth["heart_rotation_deg"] - [0.0, 0.0, -8.0], axis=1) / 30.0)
+    i = int(np.argmin(np.where(shows, typical, np.inf) if shows.any() else typical))
+    title = (conditions.TITLES.get(name, "No condition (sinus rhythm)")
+             + f" - {_criterion(name, truth, i)}")
+    path = os.path.join(out_dir, f"{page:02d}_{name}.png")
+    pages.append(plot_12lead(ecg[i], sampling_rate, path, title=title))
+  return pages
+
+
+def main(argv: Sequence[str]) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(
+      prog="python -m ssldml_jax.data.plot_ecg",
+      description="Draw one 12-lead page per condition of the synthetic cohort.")
+  parser.add_argument("--out_dir", required=True, help="folder for the PNG pages")
+  parser.add_argument("--sampling_rate", type=int, default=250, help="Hz (>= 50)")
+  parser.add_argument("--seed", type=int, default=0, help="non-negative integer")
+  args = parser.parse_args(argv)
+  if args.sampling_rate < 50:
+    print(f"error: --sampling_rate={args.sampling_rate} must be at least 50 Hz", file=sys.stderr)
+    return 2
+  if args.seed < 0:
+    print(f"error: --seed={args.seed} must be a non-negative integer", file=sys.stderr)
+    return 2
+  for path in plot_conditions(args.out_dir, args.sampling_rate, args.seed):
+    print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

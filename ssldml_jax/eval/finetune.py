@@ -39,6 +39,7 @@ class FinetuneSettings:
   max_steps: int = 2000          # rounded up to whole blocks of eval_every_steps
   eval_every_steps: int = 100
   patience: int = 5
+  dropout: float = 0.3           # the head's, as the paper's MLP probe; the encoder's is its own
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "FinetuneSettings":
@@ -47,13 +48,14 @@ class FinetuneSettings:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(model_json: str, task: str, width: int, learning_rate: float, weight_decay: float):
+def _compiled(model_json: str, task: str, width: int, learning_rate: float, weight_decay: float,
+              dropout: float):
   """Modules, optimiser and the pmapped train / predict steps of one architecture and task."""
   model_config = ml_collections.ConfigDict(json.loads(model_json))
   encoder = models.build_encoder(model_config, bn_axis_name=parallel.AXIS)
   dtype = models.DTYPES[model_config.dtype]
-  head = models.ProbeHead(out_dim=head_training.out_dim(task, width), bn_axis_name=parallel.AXIS,
-                          dtype=dtype)
+  head = models.ProbeHead(out_dim=head_training.out_dim(task, width), dropout=dropout,
+                          bn_axis_name=parallel.AXIS, dtype=dtype)
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
   def forward(params, stats, x, key, train):
@@ -123,7 +125,8 @@ def predict_scores(model_config: ml_collections.ConfigDict, variables: dict,
   """Scores of a fine-tuned model (``HeadResult.best_variables``, its output map) for raw ECGs
   ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training."""
   model_json = model_config.to_json(sort_keys=True)
-  _, _, _, _, p_predict, _ = _compiled(model_json, output.task, width, 0.0, 0.0)
+  # The optimiser and dropout rate do not enter a prediction.
+  _, _, _, _, p_predict, _ = _compiled(model_json, output.task, width, 0.0, 0.0, 0.0)
   p_params = parallel.replicate(variables["params"])
   p_stats = parallel.replicate(variables["batch_stats"])
   return output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
@@ -162,7 +165,7 @@ def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict
   model_json = encoder.model_config.to_json(sort_keys=True)
   _, _, tx, p_train, p_predict, init_head = _compiled(model_json, task, width,
                                                       float(s.learning_rate),
-                                                      float(s.weight_decay))
+                                                      float(s.weight_decay), float(s.dropout))
   key = jax.random.PRNGKey(seed)
   head_key, run_key = jax.random.split(key)
   head_vars = init_head(head_key, jnp.zeros((2, encoder.model_config.embedding_dim)))

@@ -63,6 +63,7 @@ def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   f.eval_every_steps = 100
   f.patience = 5
   f.seeds = (0,)
+  f.dropout = 0.3                     # the head's (the encoder keeps config.model.dropout)
   return c
 
 
@@ -149,7 +150,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       cli.check_int(c, f"probe.{section}.{key}", 1)
   cli.check_int(c, "probe.mlp.hidden_dim", 1)
   cli.check_int(c, "probe.mlp.batch_size", 1)
-  cli.check_range(c, "probe.mlp.dropout", low=0.0, high=0.99)
+  for section in ("mlp", "finetune"):
+    cli.check_range(c, f"probe.{section}.dropout", low=0.0, high=0.99)
   cli.check_int(c, "probe.finetune.per_device_batch_size", 1)
   ft_seeds = tuple(cli.get_path(c, "probe.finetune.seeds"))
   if not ft_seeds or not all(isinstance(s, int) and s >= 0 for s in ft_seeds):

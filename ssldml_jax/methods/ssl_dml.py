@@ -8,7 +8,8 @@ loss is ``config.loss.name`` (triplet, margin 0.2 in the paper) on the embedding
 augmentations.
 
 - ``ssl_dml_dtw``: DTW mining, optionally inside a Sakoe-Chiba band (``mining.dtw_window``,
-  in samples at the model rate).
+  in samples at the model rate), by the XLA wavefront or the Pallas kernel on a GPU
+  (``mining.dtw_impl``).
 - ``ssl_dml_euclidean``: the Euclidean distance between the decimated signals.
 """
 
@@ -42,7 +43,7 @@ def raw_distance_rows(config: ml_collections.ConfigDict, raw_distance: str, x: j
   xg = parallel.gather_global(xd, axis_name)
   if raw_distance == "dtw":
     window = None if not m.dtw_window else -(-int(m.dtw_window) // factor)
-    d = dtw.cross_dtw(xd, xg, window=window)
+    d = dtw.cross_dtw(xd, xg, window=window, impl=m.dtw_impl)
   else:
     d = dtw.cross_euclidean_raw(xd, xg)
   mask_g = parallel.gather_global(mask, axis_name)
@@ -70,11 +71,12 @@ def _validator(raw_distance: str):
     cli.check_int(config, "mining.decimate", 1)
     if raw_distance == "dtw":
       cli.check_int(config, "mining.dtw_window", 0, allow_none=True)
+      cli.check_choice(config, "mining.dtw_impl", dtw.IMPLS)
   return validate
 
 
 for _distance, _label, _reads, _summary in (
-    ("dtw", "SSL-DML (DTW)", _READS + ("mining.dtw_window",),
+    ("dtw", "SSL-DML (DTW)", _READS + ("mining.dtw_window", "mining.dtw_impl"),
      "triplets mined in the global batch: positive = DTW nearest neighbour of the raw ECG "
      "(over time, on decimated signals), negative at random; triplet loss"),
     ("euclidean", "SSL-DML (Euclidean)", _READS,
