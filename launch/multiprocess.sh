@@ -7,7 +7,9 @@
 #   bash launch/multiprocess.sh 2 --devices_per_process=2 -- pretrain --config=configs/ssl_dml_dtw.py:tiny --workdir=runs/mp
 # MODULE is one of pretrain, probe, reproduce. Each process sees K fake CPU devices (default 1). Process i
 # logs to process_<i>.log in $SSLDML_LOG_DIR (default: a new temporary directory, printed); process 0's log
-# is also shown here. When one process fails the others are stopped, and the exit status is 1.
+# is also shown here. When one process fails the others are killed (they would wait for it in a collective)
+# and the exit status is 1. SIGTERM to this script reaches every process (a preemption notice: they save a
+# checkpoint and stop together, exit status 143).
 set -euo pipefail
 usage() { awk 'NR > 1 && !/^#( |$)/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
@@ -29,7 +31,7 @@ logs="${SSLDML_LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$logs"
 echo "multiprocess: $num processes x $devices CPU device(s), coordinator 127.0.0.1:$port, logs in $logs"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${pids[@]}"; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 for ((i = 0; i < num; i++)); do
   env JAX_PLATFORMS=cpu \
@@ -52,11 +54,15 @@ while [ ${#running[@]} -gt 0 ]; do
   running=("${still[@]}")
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
     for i in "${!pids[@]}"; do [ "${pids[$i]}" = "$ended" ] && failed=$i; done
-    echo "multiprocess: process $failed failed (exit status $rc), stopping the others; last lines of" \
+    echo "multiprocess: process $failed failed (exit status $rc); last lines of" \
          "$logs/process_$failed.log:" >&2
     tail -n 20 "$logs/process_$failed.log" >&2
-    status=1
-    cleanup
+    if [ "$rc" -eq 143 ]; then
+      status=143  # Stopped on a preemption notice, together with the others, which end by themselves.
+    else
+      status=1
+      cleanup KILL
+    fi
   fi
 done
 wait "$tail_pid" 2>/dev/null || true

@@ -9,21 +9,27 @@ Orbax writes a step into a temporary directory and renames it when complete, so 
 mid-save leaves no half-visible step; a step that is visible but unreadable (a disk error, a file
 removed by hand) is moved aside to ``<workdir>/checkpoints_unreadable/`` with a message, and the
 previous step is used instead. A step whose arrays do not match the model (the workdir of another
-config) is refused with a message and left alone.
+config) is refused with a message and left alone. A step that cannot be written for lack of space
+never becomes visible either: the save raises ``atomic.DiskFullError`` with the space the step
+needs, and the previous step stays the newest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ssldml_jax import atomic
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
@@ -43,6 +49,18 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
 
 
+class _QuietNoSpace(logging.Filter):
+  """Drops orbax's error records of a save that failed for lack of space (one traceback from
+  each of its threads): ``Checkpoints`` reports that failure as one sentence."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not atomic.is_no_space(error)
+
+
+_QUIET_NO_SPACE = _QuietNoSpace()
+
+
 class Checkpoints:
   """The checkpoints of one workdir: ``<workdir>/checkpoints/<step>/{state,meta}``."""
 
@@ -52,6 +70,7 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir)
     self.read_only = read_only
+    logging.getLogger("absl").addFilter(_QUIET_NO_SPACE)  # orbax logs through absl.
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep,
         create=not read_only,
@@ -61,6 +80,10 @@ class Checkpoints:
         save_root_metadata=not read_only,
         enable_async_checkpointing=async_save)
     self._manager = self._open()
+    # The save in flight (step, bytes, the newest step before it) and whether it failed: orbax
+    # reports a failed background save at every later call, the first one is reported here.
+    self._pending: Optional[tuple[int, int, Optional[int]]] = None
+    self._failed = False
 
   def _open(self) -> ocp.CheckpointManager:
     # Handlers named up front, so that a fresh manager can read a step's metadata.
@@ -79,11 +102,35 @@ class Checkpoints:
     """
     if self.read_only:
       raise RuntimeError(f"{self.directory} was opened read-only")
+    self.wait()
     if step in self._manager.all_steps():
       return
     meta = json.loads(json.dumps(dict(meta, step=int(step), saved_at=time.time())))
-    self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(to_host(state)), meta=ocp.args.JsonSave(meta)))
+    host = to_host(state)
+    previous = self.steps()
+    self._pending = (int(step), sum(np.asarray(x).nbytes for x in jax.tree.leaves(host)),
+                     previous[-1] if previous else None)
+    with self._reporting():
+      self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)))
+
+  @contextlib.contextmanager
+  def _reporting(self) -> Iterator[None]:
+    """Turns a lack of space in the save in flight into a ``DiskFullError`` (reported once)."""
+    try:
+      yield
+    except Exception as e:
+      if self._failed:
+        return
+      if self._pending is None or not atomic.is_no_space(e):
+        raise
+      self._failed = True
+      step, size, intact = self._pending
+      raise atomic.disk_full(
+          e, f"checkpoint step {step}", self.directory, needed=size,
+          after=(f"the checkpoint of step {intact} is intact" if intact is not None
+                 else "no checkpoint was kept") +
+          "; free some space and run the same command to resume") from None
 
   def check_layout(self, step: int, target: Any) -> None:
     """Raises ``CheckpointError`` when ``step`` holds other arrays than ``target`` has (a run
@@ -179,12 +226,14 @@ class Checkpoints:
     return f"moved it to {target}"
 
   def wait(self) -> None:
-    """Blocks until every started save is on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is on disk; raises ``atomic.DiskFullError`` if one could
+    not be written for lack of space."""
+    with self._reporting():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with self._reporting():
+      self._manager.close()
 
   def __enter__(self) -> "Checkpoints":
     return self

@@ -29,6 +29,13 @@ class ConfigError(ValueError):
   """A config key holds a value the program cannot use; the message names the key."""
 
 
+class RunError(RuntimeError):
+  """An expected failure of a run that a sentence explains (damaged data, a full disk, a workdir
+  in use by another run, a preemption notice): ``run`` prints the message as one line and exits
+  with ``exit_status``."""
+  exit_status = 1
+
+
 def define_flags(workdir_required: bool = True) -> None:
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file, optionally :arg.",
                                   lock_config=True)
@@ -96,7 +103,8 @@ def _fail(message: str) -> None:
 
 
 def run(main: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
-  """Runs ``main(config, workdir)`` as an absl program; ConfigError becomes a one-line error."""
+  """Runs ``main(config, workdir)`` as an absl program; a ConfigError (exit status 2) or a
+  RunError (its ``exit_status``) becomes a one-line error."""
 
   def absl_main(argv):
     if len(argv) > 1:
@@ -107,6 +115,9 @@ def run(main: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
       main(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
       _fail(str(e))
+    except RunError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(e.exit_status)
 
   app.run(absl_main, flags_parser=_parse_flags)
 

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from ssldml_jax import atomic
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -23,12 +25,8 @@ TENSORBOARD_DIR = "tensorboard"
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes the resolved config as JSON beside the metrics; returns the path."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-  return path
+  return atomic.write_text(os.path.join(workdir, CONFIG_FILE),
+                           config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -70,10 +68,7 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
         continue
       if record.get("step", 0) <= last_step:
         kept.append(json.dumps(record) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(kept))
 
 
 class MetricsLog:
@@ -118,8 +113,15 @@ class MetricsLog:
     for key, value in scalars.items():
       value = float(value)
       record[key] = value if math.isfinite(value) else str(value)  # JSON has no NaN.
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    line = json.dumps(record) + "\n"
+    try:
+      self._file.write(line)
+      self._file.flush()
+    except OSError as e:
+      if not atomic.is_no_space(e):
+        raise
+      raise atomic.disk_full(e, self._file.name, os.path.dirname(self._file.name),
+                             needed=len(line)) from None
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.add_scalar(key, float(value), int(step))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import sys
 import time
 from typing import Sequence
@@ -65,14 +64,12 @@ def errors_path(output: str) -> str:
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as fh:
+  from ssldml_jax import atomic
+
+  with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-  os.replace(tmp, path)
 
 
 def output_columns(probe, scores: dict) -> dict[str, list]:
@@ -205,14 +202,15 @@ def run(probe_workdir: str, inputs: Sequence[str], output: str, *, strict: bool 
   bad_path = errors_path(output)
   _write_csv(bad_path, ["ecg_id", "source", "reason"], errors)
   if embeddings_path:
-    tmp = embeddings_path + ".tmp.npz"
+    from ssldml_jax import atomic
+
     dim = int(encoder.model_config.embedding_dim)
-    np.savez(tmp, embedding=(np.concatenate(embedding_parts) if n
-                             else np.zeros((0, dim), np.float32)),
-             ecg_id=np.asarray(ids, str), source=np.asarray(sources, str),
-             encoder=np.asarray(encoder.source),
-             params_sha256=np.asarray(probe.manifest["encoder"]["params_sha256"]))
-    os.replace(tmp, embeddings_path)
+    with atomic.replacing(embeddings_path, suffix=".npz") as tmp:
+      np.savez(tmp, embedding=(np.concatenate(embedding_parts) if n
+                               else np.zeros((0, dim), np.float32)),
+               ecg_id=np.asarray(ids, str), source=np.asarray(sources, str),
+               encoder=np.asarray(encoder.source),
+               params_sha256=np.asarray(probe.manifest["encoder"]["params_sha256"]))
   summary.scored, summary.failed = n, len(errors)
   print(f"predict: {n} ECG(s) scored -> {output}"
         + (f"; {len(errors)} failed -> {bad_path}" if errors else "")

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from ssldml_jax import cli, parallel
+from ssldml_jax import cli, parallel, workdirs
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   from absl import logging
 
   # After flag parsing: errors stay one line.
-  from ssldml_jax import methods
   from ssldml_jax.eval import probe_lib, report, tables
 
   logging.set_verbosity(logging.ERROR)  # TFDS / orbax INFO lines would bury the tables.
 
+  workdir = workdirs.prepare(workdir)
   outcomes = probe_lib.run_probes(config, workdir)
-  made = report.write_report(outcomes, config, workdir,
-                             labels={probe_lib.RANDOM_DIR: methods.get("random").label})
+  made = report.write_report(outcomes, config, workdir)
   for stem in report.printed_stems(config):
     if stem in made:
       print("\n" + tables.to_markdown(made[stem]), flush=True)

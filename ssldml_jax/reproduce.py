@@ -19,7 +19,8 @@ VICReg key when VICReg is not among ``config.methods``) stops the job with a one
 
 Every stage is skipped when its outputs exist: a finished pretraining (checkpoint at its last
 step), a finished probe (``probe_results.json``); an interrupted pretraining resumes from its
-checkpoint. Deleting a file or directory redoes just that part (and the report after it).
+checkpoint. Deleting a file or directory redoes just that part (and the report after it). One job
+at a time per workdir (``workdirs.exclusive``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Iterable, Optional, Sequence
 
 import ml_collections
 
-from ssldml_jax import cli, methods as methods_lib, parallel
+from ssldml_jax import cli, methods as methods_lib, parallel, preemption, workdirs
 
 # Keys of the main job's own (no stage reads them).
 JOB_KEYS = ("methods", "example_ecg_split")
@@ -142,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   from ssldml_jax.data import build, plot_ecg
   from ssldml_jax.eval import cohort_table, probe_lib, report, tables
 
-  os.makedirs(root, exist_ok=True)
+  root = workdirs.prepare(workdir)
   trained = [m for m in methods if f"pretrain/{m}" in stages]
   clock = _Clock(total=2 + len(trained) + len(methods) + 1)
 
@@ -216,7 +217,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   # Library INFO lines (TFDS, orbax) would bury the progress bars and the tables.
   logging.set_verbosity(logging.ERROR)
   try:
-    run(config, workdir, cli.overrides())
+    # One job per workdir; SIGTERM between pretrainings stops it at once (every output is
+    # written atomically), during one it saves a checkpoint first.
+    with workdirs.exclusive(workdir), preemption.notice(interrupt=True):
+      run(config, workdir, cli.overrides())
   except (train_lib.NonFiniteError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -31,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from ssldml_jax import checkpoint, cli, methods, metrics_log, models, parallel, steps
+from ssldml_jax import preemption, workdirs
 from ssldml_jax.data import pipeline
 
 
@@ -228,13 +228,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains ``config.method`` in ``workdir`` (resuming there if it holds a checkpoint).
 
   Returns the last logged training metrics and the final evaluation (keys ``eval/...``). Raises
-  ``cli.ConfigError`` for a bad config, ``NonFiniteError`` after
+  ``cli.ConfigError`` for a bad config or workdir, ``NonFiniteError`` after
   ``train.max_consecutive_nonfinite`` skipped steps in a row, and
-  ``checkpoint.CheckpointError`` when the workdir's checkpoints are all unreadable.
+  ``checkpoint.CheckpointError`` when the workdir's checkpoints are all unreadable; and
+  ``cli.RunError``s: ``locks.LockHeld`` when another run uses the workdir,
+  ``preemption.Preempted`` after a checkpoint saved on SIGTERM, ``atomic.DiskFullError``,
+  ``integrity.DamagedDataError``.
   """
   method = validate_config(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  with workdirs.exclusive(workdir) as workdir, preemption.notice() as notice:
+    return _train_and_evaluate(config, method, workdir, notice)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, method: methods.Method, workdir: str,
+                        notice: preemption.Notice) -> dict:
   is_chief = jax.process_index() == 0
   info = pipeline.dataset_info(config.data)
   check_splits(config, info)
@@ -312,6 +319,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log.progress(step)
       if step % config.train.checkpoint_every_steps == 0 or step == total:
         save(step, p_state)
+      if notice.requested():
+        save(step, p_state)
+        ckpts.wait()
+        raise preemption.Preempted(
+            f"preemption notice (SIGTERM) at step {step} of {total}: saved checkpoint step "
+            f"{step} in {ckpts.directory}; run the same command to resume")
       every = config.train.eval_every_steps
       if every and step % every == 0 and step != total:
         _log_eval(log, step, evaluate_all(program, p_state, p_rng, config))

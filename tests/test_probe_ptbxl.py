@@ -66,7 +66,7 @@ def test_ptbxl_benchmark_on_the_fixture(tmp_path, capsys):
   # The benchmark's tables: one line for the (random) encoder, label fractions 1/10/100%.
   with open(os.path.join(workdir, "tables", "label_fractions_diagnostic_superclass.csv")) as f:
     table = list(csv.reader(f))
-  assert table[0] == ["Method", "1%", "10%", "100%"] and table[1][0] == "Random encoder"
+  assert table[0] == ["Method", "1%", "10%", "100%"] and table[1][0] == "random"
   with open(os.path.join(workdir, "tables", "diagnostic_superclass.csv")) as f:
     header = next(csv.reader(f))
   assert header == ["Method", "n", "Macro-AUROC", "Macro-AUPRC"] + [

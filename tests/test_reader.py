@@ -39,7 +39,8 @@ def test_subset_and_repr(ecg_synth_tiny, tfds_records):
   assert len(subset) == 3
   assert [subset[i]["ecg_id"] for i in range(3)] == [
       tfds_records["test"][i]["ecg_id"].decode() for i in (5, 0, 7)]
-  assert repr(subset) == "Records(ecg_synth/tiny/1.0.0, split=test, subset=some, n=3)"
+  assert repr(subset) == (f"Records({ecg_synth_tiny.info.full_name}, split=test, subset=some, "
+                          "n=3)")
 
 
 def test_read_labels_is_every_record_in_order(ecg_synth_tiny, tfds_records):

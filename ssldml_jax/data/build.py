@@ -5,6 +5,13 @@ Builds a dataset into ``DIR/NAME/CONFIG/VERSION`` and prints its build report. `
 module of this package (``ssldml_jax.data.NAME``) that defines a TFDS builder: a new dataset plugs
 in by adding its file, with no registry to edit. The data directory is ``--data_dir``, else
 ``$SSLDML_DATA_DIR``, else ``~/ssldml_data``; never inside the package.
+
+One build of a dataset at a time: a build holds a lock beside the dataset
+(``DIR/NAME/CONFIG/.build-VERSION.lock``, see ``ssldml_jax.locks``), and another build of the same
+dataset, from any process, job or host that shares the data directory, waits for it and then uses
+its dataset. So every process of a multi-process run may call ``ensure_built``: one builds, the
+others wait and read the same files. A build whose process dies leaves a stale lock that the next
+build takes over (at once on the same host, a minute after its last heartbeat from another).
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ from typing import Optional, Type
 
 import tensorflow_datasets as tfds
 
+from ssldml_jax import cli, locks, workdirs
 from ssldml_jax.data import records, tfds_common
 
 DATA_DIR_ENV = "SSLDML_DATA_DIR"
+# How long a build waits for another build of the same dataset (a live one: a dead builder's lock
+# goes stale within a minute). Real datasets can take hours to build on a small host.
+BUILD_WAIT_S = 12 * 3600.0
 DEFAULT_DATA_DIR = "~/ssldml_data"
 _PACKAGE = "ssldml_jax.data"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,25 +111,46 @@ def make_builder(name: str, data_dir: Optional[str] = None, *,
 
 
 def build(name: str, data_dir: Optional[str] = None, *, manual_dir: Optional[str] = None,
-          strict: bool = False, overwrite: bool = False) -> tfds.core.DatasetBuilder:
-  """Builds ``NAME[/CONFIG]`` (again, with ``overwrite``) and returns its builder."""
-  builder = make_builder(name, data_dir, strict=strict)
-  config = tfds.download.DownloadConfig(
-      manual_dir=os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else None)
-  if overwrite and builder.is_prepared():
-    return _rebuild(name, data_dir, builder, config, strict=strict)
+          strict: bool = False, overwrite: bool = False,
+          wait_s: float = BUILD_WAIT_S) -> tfds.core.DatasetBuilder:
+  """Builds ``NAME[/CONFIG]`` (again, with ``overwrite``) and returns its builder.
+
+  Waits up to ``wait_s`` seconds for another build of the same dataset and, unless
+  ``overwrite``, uses what it built (``locks.LockHeld`` when the wait times out). Raises
+  ``DatasetError`` when the data directory is not a writable directory.
+  """
   try:
+    root = workdirs.prepare(resolve_data_dir(data_dir), "data directory")
+  except workdirs.WorkdirError as e:
+    raise DatasetError(str(e)) from None
+  builder = make_builder(name, root, strict=strict)
+  lock = build_lock(builder)
+
+  def waiting(holder: dict) -> None:
+    print(f"{builder.info.full_name} is being built by {locks.describe(holder)}; waiting for it "
+          f"(up to {wait_s / 3600:.3g} h)", flush=True)
+
+  lock.acquire(wait_s=wait_s, on_wait=waiting)
+  try:
+    builder = make_builder(name, root, strict=strict)  # Another build may have finished it.
+    if builder.is_prepared() and not overwrite:
+      return builder
+    config = tfds.download.DownloadConfig(
+        manual_dir=os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else None)
+    print(f"building {builder.info.full_name} in {root}", flush=True)
+    if builder.is_prepared():
+      return _rebuild(name, root, builder, config, strict=strict)
     builder.download_and_prepare(download_config=config)
-  except records.BadRecordError:
-    raise
-  except Exception:
-    # Several processes building the same shared directory: the first rename wins and the
-    # others find the dataset complete.
-    again = make_builder(name, data_dir, strict=strict)
-    if not again.is_prepared():
-      raise
-    return again
-  return builder
+    return builder
+  finally:
+    lock.release()
+
+
+def build_lock(builder: tfds.core.DatasetBuilder) -> locks.HolderLock:
+  """The lock that one build of ``builder``'s dataset holds: ``.build-VERSION.lock`` beside it."""
+  return locks.HolderLock(
+      os.path.join(os.path.dirname(os.fspath(builder.data_path)), f".build-{builder.version}.lock"),
+      f"dataset {builder.info.full_name} in {builder.data_dir_root}", doing="being built")
 
 
 def _rebuild(name: str, data_dir: Optional[str], old: tfds.core.DatasetBuilder,
@@ -146,8 +178,10 @@ def _rebuild(name: str, data_dir: Optional[str], old: tfds.core.DatasetBuilder,
 
 def ensure_built(name: str, data_dir: Optional[str] = None, *, build_if_missing: bool = True,
                  manual_dir: Optional[str] = None, strict: bool = False,
-                 overwrite: bool = False) -> tfds.core.DatasetBuilder:
-  """The builder of a complete ``NAME[/CONFIG]`` dataset, building it first if it is missing."""
+                 overwrite: bool = False,
+                 wait_s: float = BUILD_WAIT_S) -> tfds.core.DatasetBuilder:
+  """The builder of a complete ``NAME[/CONFIG]`` dataset, building it first if it is missing
+  (or waiting for the process that builds it: see ``build``)."""
   builder = make_builder(name, data_dir, strict=strict)
   if builder.is_prepared() and not overwrite:
     return builder
@@ -155,7 +189,8 @@ def ensure_built(name: str, data_dir: Optional[str] = None, *, build_if_missing:
     where = resolve_data_dir(data_dir)
     raise DatasetError(f"dataset {name} is not built in {where}; run "
                        f"python -m ssldml_jax.data.build {name} --data_dir={where}")
-  builder = build(name, data_dir, manual_dir=manual_dir, strict=strict, overwrite=overwrite)
+  builder = build(name, data_dir, manual_dir=manual_dir, strict=strict, overwrite=overwrite,
+                  wait_s=wait_s)
   report = tfds_common.read_build_report(builder)
   if report is not None:
     print(records.BuildReport(**report).summary(), flush=True)
@@ -181,10 +216,11 @@ def main(argv: list[str]) -> int:
     else:
       builder = build(args.name, args.data_dir, manual_dir=args.manual_dir, strict=args.strict,
                       overwrite=args.overwrite)
-  except (DatasetError, records.BadRecordError) as e:
-    # BadRecordError: strict mode's first bad record, or (its subclass) unusable source files.
+  except (DatasetError, records.BadRecordError, cli.RunError) as e:
+    # BadRecordError: strict mode's first bad record, or (its subclass) unusable source files;
+    # RunError: a full disk, or another build that did not finish in time.
     print(f"error: {e}", file=sys.stderr)
-    return 2 if isinstance(e, DatasetError) else 1
+    return 2 if isinstance(e, DatasetError) else getattr(e, "exit_status", 1)
   report = tfds_common.read_build_report(builder)
   if report is not None:
     print(records.BuildReport(**report).summary())

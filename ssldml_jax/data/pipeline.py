@@ -11,9 +11,15 @@ devices see the batches of 1 process of 4, and a run may resume on another proce
 transforms decode int16 microvolts to float32 millivolts, resample to
 ``config.data.sampling_rate``, optionally band-pass, and shape ``[local_devices,
 per_device_batch, T, 12]``. Only the end of a finite run drops a remainder, so an epoch is about
-``steps_per_epoch`` batches. A background thread keeps ``config.data.prefetch`` batches ready;
+``steps_per_epoch`` batches. grain prepares batches ahead of the consumer: ``config.data.prefetch``
+of them in a background thread, or in each of ``config.data.num_workers`` worker processes.
 ``get_state()`` is the stream position after the last batch *handed out* (not the last one
 prefetched), the same on every process, so a checkpoint resumes mid-epoch exactly.
+
+Damaged data stops the run with an ``integrity.DamagedDataError`` that names the dataset, the
+split and the file (and the record where known), raised in the consumer's thread: damaged shards
+and features are found when a split is opened (``reader.Records``), a record that does not
+decode when it is read.
 
 Evaluation batches visit every example of a split exactly once over all processes: each process
 takes a contiguous slice, the last batch is padded to full shape and ``mask`` marks the real rows,
@@ -32,9 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-import queue
-import threading
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from absl import flags
 import grain
@@ -48,10 +52,6 @@ from ssldml_jax.data import build, reader, records
 
 HOST_ONLY_KEYS = ("ecg_id", "patient_id")
 _LABEL_KEYS = ("pcwp", "age", "sex")
-# Records are read and decoded in the prefetch thread itself (about 140 us of CPU per 2500 x 12
-# record, mostly grain's per-record bookkeeping and zstd). grain's extra reader threads cost more
-# CPU per record than they save on a small host, and array_record serialises concurrent reads.
-_READ_OPTIONS = dict(num_threads=0, prefetch_buffer_size=0)
 
 
 # --- Config -------------------------------------------------------------------------------------
@@ -129,18 +129,6 @@ def load_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
     raise cli.ConfigError(f"config.data.name={data_config.name!r}: {e}") from None
 
 
-def _stored_format(builder: tfds.core.DatasetBuilder) -> tuple[int, int]:
-  """(sampling rate, samples) of the records as stored."""
-  num_samples = int(builder.info.features["ecg"].shape[0])
-  rate = (builder.info.metadata or {}).get("sampling_rate")
-  if rate is None:
-    config = builder.builder_config
-    rate = getattr(config, "sampling_rate", None)
-  if rate is None:
-    raise ValueError(f"{builder.info.full_name}: no sampling_rate in its metadata or config")
-  return int(rate), num_samples
-
-
 def _model_num_samples(num_samples: int, rate_in: int, rate_out: int) -> int:
   return records.resample(np.zeros((num_samples, 1), np.float32), rate_in, rate_out).shape[0]
 
@@ -157,7 +145,7 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Examples per split and the record shape the model sees (after resampling)."""
   _settings(data_config)
   builder = load_builder(data_config)
-  stored_rate, stored_samples = _stored_format(builder)
+  stored_rate, stored_samples = reader.stored_format(builder)
   settings = _settings(data_config, stored_rate)
   return {
       "name": builder.info.full_name,
@@ -181,17 +169,9 @@ def steps_per_epoch(num_examples: int, data_config: ml_collections.ConfigDict, *
 
 # --- Transforms ---------------------------------------------------------------------------------
 
-class _ToExample(grain.transforms.Map):
-  """Checks a decoded record's rate and keeps the fields a batch carries."""
-
-  def __init__(self, stored_rate: int):
-    self._rate = stored_rate
-
-  def map(self, record: dict) -> dict:
-    if record["sampling_rate"] != self._rate:
-      raise ValueError(f"record {record['ecg_id']}: sampling rate {record['sampling_rate']} Hz, "
-                       f"but the dataset's is {self._rate} Hz")
-    return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
+def _example(record: dict) -> dict:
+  """The fields of a decoded record that a batch carries."""
+  return {key: record[key] for key in ("ecg", "ecg_id", "patient_id") + _LABEL_KEYS}
 
 
 class _ToDeviceBatch(grain.transforms.Map):
@@ -251,10 +231,9 @@ class _LocalBatches:
   that grain's worker processes, which take items in turn, hand the batches back in order.
   """
 
-  def __init__(self, records: reader.Records, to_example: "_ToExample", *, shuffle: bool,
-               seed: int, start: int, global_batch: int, local_batch: int, process_index: int,
-               num_batches: int):
-    self._records, self._to_example = records, to_example
+  def __init__(self, records: reader.Records, *, shuffle: bool, seed: int, start: int,
+               global_batch: int, local_batch: int, process_index: int, num_batches: int):
+    self._records = records
     order = grain.MapDataset.range(len(records))
     # Indexing past the end continues into the next epoch, with the permutation of that epoch.
     self._order = order.shuffle(seed=seed) if shuffle else order
@@ -267,7 +246,7 @@ class _LocalBatches:
 
   def __getitem__(self, index: int) -> dict:
     first = self._first + int(index) * self._global_batch
-    examples = [self._to_example.map(self._records[self._order[position]])
+    examples = [_example(self._records[self._order[position]])
                 for position in range(first, first + self._local_batch)]
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
@@ -275,93 +254,57 @@ class _LocalBatches:
     return f"LocalBatches({self._records!r}, first={self._first}, n={self._num_batches})"
 
 
-# --- Background prefetch --------------------------------------------------------------------------
+# --- Iteration ----------------------------------------------------------------------------------
 
-_END = object()
+def _prefetched(dataset: grain.MapDataset, prefetch: int, num_workers: int) -> Iterator[dict]:
+  """Iterates ``dataset`` with grain preparing elements ahead of the consumer: ``prefetch`` of
+  them in one background thread (none when 0), or in each of ``num_workers`` worker processes.
 
-
-class _Failure:
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-class _Prefetcher:
-  """Runs a grain iterator ``depth`` batches ahead in a daemon thread."""
-
-  def __init__(self, iterator: Any, depth: int):
-    self._iterator = iterator
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="ssldml-prefetch", daemon=True)
-    self._thread.start()
-
-  def _run(self) -> None:
-    try:
-      for batch in self._iterator:
-        if not self._put(batch):
-          return
-      self._put(_END)
-    except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the consumer.
-      self._put(_Failure(e))
-
-  def _put(self, item: Any) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def next(self) -> dict:
-    item = self._queue.get()
-    if item is _END:
-      self._queue.put(_END)  # Stay exhausted on later calls.
-      raise StopIteration
-    if isinstance(item, _Failure):
-      self._queue.put(item)
-      raise item.error
-    return item
-
-  def stop(self) -> None:
-    self._stop.set()
-
-  def close(self) -> None:
-    self.stop()
-    self._thread.join()
+  An element's error is raised by ``next()`` in the consumer's thread.
+  """
+  read = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+  iterable = dataset.to_iter_dataset(read)
+  if num_workers:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)))
+  iterator = iter(iterable)
+  iterator.start_prefetch()  # Now rather than at the first next(): overlaps with compiling.
+  return iterator
 
 
 class Batches:
-  """Batches from grain ``DataLoader``s, prefetched; a training stream's also tell their position.
+  """Batches of a grain dataset, prepared ahead; a training stream's also tell their position.
 
-  ``make_loader(start)`` makes the loader of the batches from stream position ``start``; a
-  position advances ``stride`` records a batch (the global batch). ``stream`` names the stream
-  (dataset, split, records, seed, shuffle) in the state, so that a state is only ever set on an
-  iterator of the same stream. ``num_examples``: the records of the split per epoch, over all
-  processes; ``steps_per_epoch``: the global batches they make (after ``require_pcwp``
-  filtering, unlike a count from ``dataset_info``).
+  ``make_dataset(start)`` makes the ``grain.MapDataset`` of the batches from stream position
+  ``start`` (None: no batches); a position advances ``stride`` records a batch (the global
+  batch). ``stream`` names the stream (dataset, split, records, seed, shuffle) in the state, so
+  that a state is only ever set on an iterator of the same stream. ``num_examples``: the records
+  of the split per epoch, over all processes; ``steps_per_epoch``: the global batches they make
+  (after ``require_pcwp`` filtering, unlike a count from ``dataset_info``).
   """
 
-  def __init__(self, make_loader: Callable[[int], Iterable[dict]], prefetch: int, *,
-               stride: int = 0, stream: Optional[dict] = None, num_examples: int = 0,
-               batch_size: int = 1):
-    self._make_loader, self._prefetch = make_loader, prefetch
+  def __init__(self, make_dataset: Callable[[int], Optional[grain.MapDataset]], *,
+               prefetch: int, num_workers: int, stride: int = 0, stream: Optional[dict] = None,
+               num_examples: int = 0, batch_size: int = 1):
+    self._make_dataset = make_dataset
+    self._prefetch, self._num_workers = prefetch, num_workers
     self._stride, self._stream = stride, stream or {}
     self.num_examples = num_examples
     self.steps_per_epoch = num_examples // batch_size
-    self._prefetcher = None
+    self._iterator: Iterator[dict] = iter(())
     self._start(0)
 
   def _start(self, position: int) -> None:
     self._position = position
-    self._iterator = iter(self._make_loader(position))
-    self._prefetcher = _Prefetcher(self._iterator, self._prefetch) if self._prefetch else None
+    dataset = self._make_dataset(position)
+    self._iterator = iter(()) if dataset is None else _prefetched(dataset, self._prefetch,
+                                                                 self._num_workers)
 
   def __iter__(self) -> "Batches":
     return self
 
   def __next__(self) -> dict:
-    batch = next(self._iterator) if self._prefetcher is None else self._prefetcher.next()
+    batch = next(self._iterator)
     self._position += self._stride
     return batch
 
@@ -388,14 +331,11 @@ class Batches:
     self._start(position)
 
   def close(self) -> None:
-    """Stops the prefetch thread (also done when the iterator is garbage-collected)."""
-    if self._prefetcher is not None:
-      self._prefetcher.close()
-      self._prefetcher = None
-
-  def __del__(self) -> None:
-    if getattr(self, "_prefetcher", None) is not None:
-      self._prefetcher.stop()
+    """Stops grain's prefetching (its thread or worker processes)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+    self._iterator = iter(())
 
 
 # --- Entry points -------------------------------------------------------------------------------
@@ -425,7 +365,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
   ``set_state(bytes)`` and ``close()``.
   """
   builder = load_builder(data_config)
-  stored_rate, _ = _stored_format(builder)
+  stored_rate, _ = reader.stored_format(builder)
   settings = _settings(data_config, stored_rate)
   key = "split" if split else "config.data.pretrain_split"
   split = split or data_config.pretrain_split
@@ -445,33 +385,28 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int,
         f"{builder.info.full_name} split {split!r}"
         + (" with a known pcwp" if require_pcwp else ""))
   seed = int(seed) % 2**32
-  to_example = _ToExample(stored_rate)
   to_batch = _ToDeviceBatch(stored_rate=stored_rate, rate=settings["rate"],
                             bandpass=settings["bandpass"], num_devices=num_devices,
                             per_device=settings["per_device"])
 
-  def make_loader(start: int) -> Iterable[dict]:
+  def make_dataset(start: int) -> Optional[grain.MapDataset]:
     if num_epochs is None:
       num_batches = _ENDLESS_BATCHES
     else:
       num_batches = max(num_epochs * len(source) - start, 0) // global_batch
     if not num_batches:
-      return ()
-    batches = _LocalBatches(source, to_example, shuffle=settings["shuffle"], seed=seed,
-                            start=start, global_batch=global_batch, local_batch=local_batch,
+      return None
+    batches = _LocalBatches(source, shuffle=settings["shuffle"], seed=seed, start=start,
+                            global_batch=global_batch, local_batch=local_batch,
                             process_index=index, num_batches=num_batches)
-    # The stream is split over processes by _LocalBatches, so the loader itself shards nothing.
-    return grain.DataLoader(
-        data_source=batches,
-        sampler=grain.samplers.IndexSampler(num_records=num_batches, shuffle=False, num_epochs=1),
-        operations=[to_batch],
-        worker_count=settings["num_workers"], read_options=grain.ReadOptions(**_READ_OPTIONS))
+    return grain.MapDataset.source(batches).map(to_batch)
 
   stream = {"dataset": builder.info.full_name, "split": split, "records": len(source),
             "subset": "known_pcwp" if require_pcwp else "all", "seed": seed,
             "shuffle": settings["shuffle"]}
-  return Batches(make_loader, settings["prefetch"], stride=global_batch, stream=stream,
-                 num_examples=len(source), batch_size=global_batch)
+  return Batches(make_dataset, prefetch=settings["prefetch"], num_workers=settings["num_workers"],
+                 stride=global_batch, stream=stream, num_examples=len(source),
+                 batch_size=global_batch)
 
 
 class EvalBatches:
@@ -483,7 +418,7 @@ class EvalBatches:
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str, settings: dict, *,
                num_devices: int, process_index: int, process_count: int):
-    stored_rate, stored_samples = _stored_format(builder)
+    stored_rate, stored_samples = reader.stored_format(builder)
     self._settings, self._num_devices = settings, num_devices
     self._stored_rate = stored_rate
     self._num_samples = _model_num_samples(stored_samples, stored_rate, settings["rate"])
@@ -502,19 +437,14 @@ class EvalBatches:
   def __iter__(self) -> Iterator[dict]:
     produced = 0
     if len(self._source):
-      sampler = grain.samplers.IndexSampler(num_records=len(self._source), shuffle=False,
-                                            num_epochs=1)
-      loader = grain.DataLoader(
-          data_source=self._source, sampler=sampler, shard_options=grain.sharding.NoSharding(),
-          operations=[_ToExample(self._stored_rate),
-                      grain.transforms.Batch(batch_size=self._batch_size, drop_remainder=False),
-                      _ToDeviceBatch(stored_rate=self._stored_rate, rate=self._settings["rate"],
+      dataset = (grain.MapDataset.source(self._source).map(_example)
+                 .batch(self._batch_size, drop_remainder=False)
+                 .map(_ToDeviceBatch(stored_rate=self._stored_rate, rate=self._settings["rate"],
                                      bandpass=self._settings["bandpass"],
                                      num_devices=self._num_devices,
-                                     per_device=self._settings["eval_per_device"])],
-          worker_count=self._settings["num_workers"],
-          read_options=grain.ReadOptions(**_READ_OPTIONS))
-      batches = Batches(lambda start: loader, self._settings["prefetch"])
+                                     per_device=self._settings["eval_per_device"])))
+      batches = Batches(lambda start: dataset, prefetch=self._settings["prefetch"],
+                        num_workers=self._settings["num_workers"])
       try:
         for batch in batches:
           produced += 1
@@ -531,7 +461,7 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *,
   """Padded evaluation batches of ``split`` (``config.data.eval_per_device_batch_size``)."""
   _settings(data_config)
   builder = load_builder(data_config)
-  stored_rate, _ = _stored_format(builder)
+  stored_rate, _ = reader.stored_format(builder)
   index, count = _process(process_index, process_count)
   return EvalBatches(builder, split, _settings(data_config, stored_rate),
                      num_devices=num_devices or jax.local_device_count(), process_index=index,

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from ssldml_jax import atomic
 from ssldml_jax.data.records import LEADS, NUM_LEADS
 
 MM_PER_S = 25.0
@@ -104,17 +105,8 @@ def plot_12lead(ecg_mv: np.ndarray, sampling_rate: float, path: str,
   ax.set_ylim(0.0, height_mm)
   ax.set_aspect("equal")
   ax.axis("off")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # Written under a temporary name and renamed, so that no half-written page is ever left.
-  stem, ext = os.path.splitext(path)
-  partial = f"{stem}.partial-{os.getpid()}{ext}"
-  try:
-    fig.savefig(partial, dpi=200)
-    os.replace(partial, path)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
+  with atomic.replacing(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=200)
   return path
 
 

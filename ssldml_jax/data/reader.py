@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from ssldml_jax.data import records
+from ssldml_jax.data import integrity, records
 
 LABEL_FIELDS = ("ecg_id", "patient_id", "pcwp", "age", "sex")
 # Stored features that are no label: the signal, its rate and the ids.
@@ -54,6 +54,18 @@ def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def stored_format(builder: tfds.core.DatasetBuilder) -> tuple[int, int]:
+  """(sampling rate, samples) of the records as stored."""
+  num_samples = int(builder.info.features["ecg"].shape[0])
+  rate = (builder.info.metadata or {}).get("sampling_rate")
+  if rate is None:
+    config = builder.builder_config
+    rate = getattr(config, "sampling_rate", None)
+  if rate is None:
+    raise ValueError(f"{builder.info.full_name}: no sampling_rate in its metadata or config")
+  return int(rate), num_samples
+
+
 class Records:
   """A split's records, decoded, optionally a subset of their indices, with a path-free repr.
 
@@ -62,9 +74,15 @@ class Records:
   """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
-               indices: Optional[np.ndarray] = None, subset: str = "all"):
+               indices: Optional[np.ndarray] = None, subset: str = "all", *,
+               checked: bool = False):
+    """``checked``: the features and files were checked already (a subset of checked records);
+    otherwise a damaged split raises ``integrity.DamagedDataError`` here."""
     self._name, self._split = builder.info.full_name, split
     self._indices, self._subset = indices, subset
+    if not checked:
+      integrity.check_dataset(builder, split)
+    self._rate, _ = stored_format(builder)
     ecg = builder.info.features["ecg"]
     if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
       self._source = builder.as_data_source(
@@ -76,7 +94,7 @@ class Records:
     self._builder = builder
 
   def subset(self, indices: np.ndarray, name: str) -> "Records":
-    return Records(self._builder, self._split, indices, name)
+    return Records(self._builder, self._split, indices, name, checked=True)
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
@@ -84,7 +102,15 @@ class Records:
   def __getitem__(self, index: int) -> dict:
     if self._indices is not None:
       index = int(self._indices[index])
-    return self._decode(self._source[index])
+    try:
+      record = self._decode(self._source[index])
+    except Exception as e:  # pylint: disable=broad-except  # Any failure here is damage.
+      raise integrity.damaged_record(self._builder, self._split, index, e) from None
+    if record["sampling_rate"] != self._rate:
+      raise integrity.damaged_record(
+          self._builder, self._split, index, f"({record['ecg_id']}) is at "
+          f"{record['sampling_rate']} Hz, but the dataset's rate is {self._rate} Hz")
+    return record
 
   def __repr__(self) -> str:
     return f"Records({self._name}, split={self._split}, subset={self._subset}, n={len(self)})"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from fractions import Fraction
 from typing import Optional, Sequence
 
 import numpy as np
 import scipy.signal
+
+from ssldml_jax import atomic
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 NUM_LEADS = len(LEADS)
@@ -158,7 +159,4 @@ class BuildReport:
             f"record(s); clipped {self.clipped_samples} sample(s) to the int16 range")
 
   def write(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=1)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(dataclasses.asdict(self), indent=1))

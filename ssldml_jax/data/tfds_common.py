@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
+from ssldml_jax import atomic
 from ssldml_jax.data import records
 
 REPORT_FILENAME = "build_report.json"
@@ -185,9 +186,19 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     # ``self.data_dir`` is the temporary ``incomplete.*`` directory here, so the report is
     # renamed into place together with the records.
     self.report = self._new_report()
-    with _zstd_array_record_writer():
-      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-    self.report.write(os.path.join(os.fspath(self.data_dir), REPORT_FILENAME))
+    partial = os.path.normpath(os.fspath(self.data_dir))
+    try:
+      with _zstd_array_record_writer():
+        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+      self.report.write(os.path.join(partial, REPORT_FILENAME))
+    except Exception as e:
+      if isinstance(e, atomic.DiskFullError) or not atomic.is_no_space(e):
+        raise
+      # TFDS removes the temporary directory when this propagates.
+      raise atomic.disk_full(
+          e, f"dataset {self.info.full_name}", os.path.dirname(partial),
+          needed=atomic.directory_size(partial), at_least=True,
+          after="the partial build is removed; free some space and build again") from None
 
   @abc.abstractmethod
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssldml_jax import cli, models, parallel
+from ssldml_jax import atomic, cli, models, parallel, workdirs
 
 FIELDS = ("embedding", "ecg_id", "patient_id", "pcwp", "age", "sex")
 _META = ("source", "dataset", "split")
@@ -226,11 +226,9 @@ def _check_complete(out: dict, data_config: ml_collections.ConfigDict, split: st
 def save_npz(path: str, arrays: dict[str, np.ndarray], *, source: str, dataset: str,
              split: str) -> str:
   """Writes the embeddings atomically (a killed run leaves no half-written cache)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(arrays[k]) for k in FIELDS},
-           source=np.asarray(source), dataset=np.asarray(dataset), split=np.asarray(split))
-  os.replace(tmp, path)
+  with atomic.replacing(path, suffix=".npz") as tmp:
+    np.savez(tmp, **{k: np.asarray(arrays[k]) for k in FIELDS},
+             source=np.asarray(source), dataset=np.asarray(dataset), split=np.asarray(split))
   return path
 
 
@@ -298,7 +296,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   from absl import logging
 
   logging.set_verbosity(logging.ERROR)
-  export(config, workdir)
+  export(config, workdirs.prepare(workdir))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ function returns. Curves and bins come from ``metrics.py``, the same code as the
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ssldml_jax import atomic
 from ssldml_jax.eval import metrics as metrics_lib
 
 # (labels, scores) per method, in legend order.
@@ -21,11 +21,9 @@ Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _save(fig: Figure, path: str) -> str:
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=150, bbox_inches="tight")
+  with atomic.replacing(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=150, bbox_inches="tight")
   return path
 
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from ssldml_jax import atomic
 from ssldml_jax.eval import embed, subgroups, subsets, tables, targets
 from ssldml_jax.eval.fitting import Fit
 
@@ -87,8 +88,7 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
         columns.append(score_column(name, head, p.primary_head))
         values[columns[-1]] = {split: targets.as_columns(target, mean[split])[k]
                                for split in mean}
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as fh:
+  with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(list(_ID_COLUMNS) + columns)
     for split in ("validation", "test"):
@@ -97,7 +97,6 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
         row = [s["ecg_id"][i], s["patient_id"][i], split]
         row += [_cell(values[column][split][i], column) for column in columns]
         writer.writerow(row)
-  os.replace(tmp, path)
   return path
 
 
@@ -144,10 +143,7 @@ def save_outcome(path: str, outcome: ProbeOutcome, extra: dict) -> None:
               rows=[dict(head=h, **dataclasses.asdict(r)) for h, r in outcome.rows],
               tests=[dict(head=h, target=t, **dataclasses.asdict(r)) for h, t, r in outcome.tests],
               fits=outcome.fits)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as fh:
-    json.dump(_to_json(data), fh, indent=1)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(_to_json(data), indent=1))
 
 
 def load_outcome(workdir: str) -> ProbeOutcome:

@@ -28,7 +28,7 @@ import ml_collections
 
 import numpy as np
 
-from ssldml_jax import cli
+from ssldml_jax import cli, workdirs
 from ssldml_jax.eval import (embed, estimates, fitting, probe_config, probe_files, saved_probes,
                              subsets, targets)
 from ssldml_jax.eval.probe_files import ProbeOutcome
@@ -145,7 +145,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str,
     print(f"probe {name}: results in {workdir} exist (delete {probe_files.RESULTS_FILE} to probe "
           "again)", flush=True)
     return probe_files.load_outcome(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdirs.prepare(workdir)
   start = time.perf_counter()
   from ssldml_jax.data import pipeline  # Reads TFDS; imported when data is actually needed.
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Mapping, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from ssldml_jax import atomic
 from ssldml_jax.eval import embed, probe_files, subsets, tables, targets
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
@@ -112,12 +112,11 @@ def write_report(outcomes: Sequence[ProbeOutcome], config: ml_collections.Config
     return made
   for stem, table in made.items():
     tables.write_table(table, os.path.join(root, "tables", stem))
-  os.makedirs(os.path.join(root, "predictions"), exist_ok=True)
   curves = {}
   for o in outcomes:
     target = os.path.join(root, "predictions", f"{o.name}.csv")
     if os.path.abspath(target) != os.path.abspath(o.predictions_path):
-      shutil.copyfile(o.predictions_path, target)
+      atomic.copy_file(o.predictions_path, target)
     pred = probe_files.read_predictions(o.predictions_path)
     test = pred["split"] == "test"
     label = labels.get(o.name, o.name)

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from ssldml_jax import atomic
 from ssldml_jax.data import ecg_files
 from ssldml_jax.eval import embed, head_training, linear_probe, subsets, targets
 from ssldml_jax.eval.fitting import Fit
@@ -90,16 +91,8 @@ def params_sha256(variables: Mapping) -> str:
 
 
 def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, data: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as fh:
-    json.dump(data, fh, indent=1)
-  os.replace(tmp, path)
+  with atomic.replacing(path, suffix=".npz") as tmp:
+    np.savez(tmp, **arrays)
 
 
 def _json(value: Any) -> Any:
@@ -181,7 +174,7 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
       "threshold_criterion": p.threshold_criterion,
       "mlp": {"hidden_dim": int(p.mlp.hidden_dim), "dropout": float(p.mlp.dropout)},
       "fits": entries, "ensembles": ensembles}
-  _write_json(os.path.join(directory, MANIFEST), _json(manifest))
+  atomic.write_text(os.path.join(directory, MANIFEST), json.dumps(_json(manifest), indent=1))
   return directory
 
 

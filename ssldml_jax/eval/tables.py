@@ -17,10 +17,10 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import re
 from typing import Iterable, Optional, Sequence
 
+from ssldml_jax import atomic
 from ssldml_jax.eval import bootstrap
 
 METRIC_LABELS = {
@@ -255,16 +255,9 @@ def to_latex(table: Table) -> str:
 
 
 def write_table(table: Table, path_stem: str) -> list[str]:
-  """Writes ``path_stem`` + .md, .csv and .tex; returns the paths."""
-  directory = os.path.dirname(path_stem)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  paths = []
-  for ext, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
-    with open(path_stem + ext, "w", encoding="utf-8") as f:
-      f.write(render(table))
-    paths.append(path_stem + ext)
-  return paths
+  """Writes ``path_stem`` + .md, .csv and .tex, each atomically; returns the paths."""
+  return [atomic.write_text(path_stem + ext, render(table))
+          for ext, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex))]
 
 
 def read_latex_body(text: str) -> list[list[str]]:
