@@ -13,7 +13,7 @@ def test_predict_and_the_per_file_loop_agree_and_a_difference_is_caught(tmp_path
   files = tmp_path / "ecgs"
   files.mkdir()
   paths = bench_predict.write_records(str(files), 3)
-  probe_dir = bench_predict.saved_probe(str(tmp_path / "probe"), width=4)
+  probe_dir = bench_predict.saved_probe(str(tmp_path / "probe"), width=4, stage_sizes=(1,))
   peer = bench_predict.make_peer(probe_dir)
   assert bench_predict.check_agreement(probe_dir, paths, str(tmp_path), peer) < 1e-4
   with pytest.raises(AssertionError, match="predict and the per-file loop differ by 0.001"):

@@ -52,14 +52,16 @@ def write_records(directory: str, n: int, seed: int = 0) -> list[str]:
   return paths
 
 
-def saved_probe(root: str, width: int) -> str:
-  """A probe workdir with a random ResNet-18 of ``width`` and a linear binary head."""
+def saved_probe(root: str, width: int, stage_sizes: Optional[tuple] = None) -> str:
+  """A probe workdir with a random ResNet-18 of ``width`` (``stage_sizes``: blocks per stage,
+  fewer for a quick check) and a linear binary head."""
   from ssldml_jax import config_defaults
   from ssldml_jax.data import ecg_files
   from ssldml_jax.eval import embed, fitting, linear_probe, probe_config, saved_probes, targets
 
   c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
   c.model.width, c.data.sampling_rate, c.probe.heads = width, RATE_MODEL, ("linear",)
+  c.model.stage_sizes = stage_sizes
   encoder = embed.random_encoder(c, 0)
   dim = int(c.model.embedding_dim)
   rng = np.random.default_rng(1)
