@@ -122,7 +122,10 @@ def _kernel(x_ref, y_ref, out_ref, ex_ref, row_ref, *, r: int, c: int, lo_off: i
       # The previous step's last lane finished a cell of row i0 + lanes - 1: keep it for the
       # next stripe. Lane 0's next upper neighbour is read from the row buffer.
       last_col = lo + s - lanes
-      slot = jnp.where((s > 0) & (last_col >= 0) & (last_col < c), last_col, junk)
+      # Arithmetic rather than jnp.where: jax 0.11's Triton lowering of select_n mistypes an
+      # integer literal branch as a boolean, which the GPU compiler then rejects.
+      keep = ((s > 0) & (last_col >= 0) & (last_col < c)).astype(jnp.int32)
+      slot = junk + keep * (last_col - junk)
       new_lefts, new_diags = [], []
       for p in range(anchors):
         row_ref[g, p, slot] = ex_ref[g, par, p, lanes]

@@ -74,3 +74,21 @@ def test_a_stage_that_fails_is_reported_and_the_rest_still_runs(tmp_path, capsys
                     "pretraining ssl_dml_dtw (stopped after --stage_timeout=0.01 s)"]
   out = capsys.readouterr().out
   assert "== summary" in out and "FAILED: backend, DTW kernel" in out
+
+
+def test_a_kernel_that_does_not_compile_is_reported_and_the_rest_is_measured(monkeypatch):
+  def dtw_case(b, t, w, repeats):
+    if w is not None:
+      raise RuntimeError("Failed to parse Triton module\nmore lines")
+    return {"batch": b, "length": t, "window": w, "pallas_s": 1e-3, "pallas_gcups": 1.0,
+            "xla_s": 2e-3, "speedup": 2.0, "max_rel_diff": 1e-7}
+
+  monkeypatch.setattr(accel, "dtw_case", dtw_case)
+  monkeypatch.setattr(accel, "train_step_stage", lambda sizes, env: ["measured"])
+  out = accel.measure_stage(accel.QUICK, tilings=False)
+  assert [r["window"] for r in out["dtw"]] == [None]
+  assert out["dtw_failed"] == [{"batch": 4, "length": 21, "window": 3,
+                                "error": "RuntimeError: Failed to parse Triton module"}]
+  assert out["train_step"] == ["measured"]
+  rows = {r[0]: r for r in accel.summary_rows({"dtw_failed": out["dtw_failed"]}, quick=True)}
+  assert rows["DTW 4x4, T=21, window 3"][1] == "kernel FAILED"

@@ -11,6 +11,7 @@ edges inside the table. Mining's 12 leads appear in two cases, 3 channels elsewh
 unrolls over channels; the interpreter's compile time grows with them).
 """
 
+import functools
 import warnings
 
 import jax
@@ -74,15 +75,22 @@ def test_kernel_rows_inside_pmap_equal_xla(rng):
                              np.asarray(want).reshape(2 * n, 2 * n)[off], rtol=RTOL)
 
 
-def test_kernel_lowers_to_triton_for_gpu():
+def test_kernel_lowers_to_a_valid_triton_module_for_gpu(monkeypatch, capfd):
   # Lowered (not compiled) for CUDA on this CPU machine: every operation of the kernel has a
-  # Pallas Triton lowering rule. Compiling it needs a GPU (launch/accel_check.sh there).
+  # Pallas Triton lowering rule, and the Triton module it makes verifies. MLIR prints a module
+  # that fails verification in its generic form ("builtin.module"() ...), which the GPU
+  # compiler then rejects (an integer select lowered with a boolean branch did, on jax 0.11).
+  # Compiling it needs a GPU (launch/accel_check.sh there).
+  monkeypatch.setattr(dtw_pallas.pl, "pallas_call",
+                      functools.partial(dtw_pallas.pl.pallas_call, debug=True))
   xa = jax.ShapeDtypeStruct((5, 40, 14), np.float32)
   ya = jax.ShapeDtypeStruct((6, 33, 14), np.float32)
   for window in (None, 7):
     fn = jax.jit(lambda a, b, w=window: dtw_pallas.cross_accumulated(a, b, window=w))
     text = fn.trace(xa, ya).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton" in text
+    printed = capfd.readouterr().out
+    assert "module @ssldml_dtw {" in printed and '"builtin.module"' not in printed, window
 
 
 def test_auto_takes_xla_off_gpu_and_falls_back_with_one_warning(rng, monkeypatch):

@@ -168,7 +168,14 @@ def measure_stage(sizes: dict, tilings: bool) -> dict:
   out["dtw"] = []
   cases = [(b, t, None) for b, t in sizes["dtw_cases"]] + [tuple(sizes["dtw_band"])]
   for b, t, w in cases:
-    r = dtw_case(b, t, w, sizes["repeats"])
+    try:
+      r = dtw_case(b, t, w, sizes["repeats"])
+    except Exception as e:  # pylint: disable=broad-except  # Said, then the rest is measured.
+      error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+      out.setdefault("dtw_failed", []).append({"batch": b, "length": t, "window": w,
+                                               "error": error})
+      print(f"  DTW B={b} T={t} window={w}: FAILED: {error}", flush=True)
+      continue
     out["dtw"].append(r)
     print(f"  DTW B={b} T={t} window={w}: kernel {r['pallas_s'] * 1e3:.2f} ms "
           f"({r['pallas_gcups']:.1f} G cells/s), XLA {r['xla_s'] * 1e3:.2f} ms, "
@@ -321,6 +328,10 @@ def summary_rows(results: dict, quick: bool) -> list[list[str]]:
                  f"kernel {common.seconds(r['pallas_s'])} ({r['pallas_gcups']:.1f} G cells/s)",
                  f"XLA {common.seconds(r['xla_s'])}: x{r['speedup']:.1f}; agree "
                  f"{r['max_rel_diff']:.0e}", goal])
+  for r in results.get("dtw_failed", []):
+    band = f", window {r['window']}" if r["window"] else ""
+    rows.append([f"DTW {r['batch']}x{r['batch']}, T={r['length']}{band}", "kernel FAILED",
+                 r["error"][:60], ""])
   for r in results.get("train_step", []):
     goal = ""
     if r["dtype"] == "bfloat16":
