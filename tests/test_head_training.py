@@ -143,3 +143,19 @@ def test_multilabel_and_multiclass_losses_and_outputs():
   assert H.choose_thresholds("multilabel", labels, scores, "youden") == tuple(
       M.choose_threshold(labels[:, k], scores[:, k], "youden") for k in range(4))
   assert H.choose_thresholds("multiclass", classes, prob, "f1") is None
+
+
+@pytest.mark.parametrize("head", ["mlp", "finetune"])
+def test_head_settings_defaults_are_the_configs(head):
+  import dataclasses
+
+  import ml_collections
+
+  from ssldml_jax.eval import finetune, mlp_probe, probe_config
+  settings = {"mlp": mlp_probe.MLPSettings, "finetune": finetune.FinetuneSettings}[head]
+  section = probe_config.add_probe_section(ml_collections.ConfigDict()).probe[head]
+  # Every key of the section is a setting (the seeds go to the caller), and the defaults agree.
+  assert {f.name for f in dataclasses.fields(settings)} == set(section.keys()) - {"seeds"}
+  assert settings.from_config(section) == settings()
+  section.patience = 99
+  assert settings.from_config(section).patience == 99

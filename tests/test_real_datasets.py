@@ -159,6 +159,17 @@ def test_cohort_settings_reject_unknown_keys(tmp_path):
 
 # --- Builders ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["code15", "mimic_iv_ecg", "ptbxl", "cohort"])
+def test_a_source_without_its_files_names_itself_and_what_to_download(name, tmp_path):
+  with pytest.raises(readers.SourceError) as e:
+    _build(name, str(tmp_path / "absent"), str(tmp_path / "data"))
+  message = str(e.value)
+  assert message.startswith(f"{name} is built from downloaded files: manual directory ")
+  assert "(--manual_dir=DIR)" in message and "\n" not in message
+  assert message.endswith(build.builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS)
+  assert not os.path.exists(tmp_path / "data" / name / "default" / "1.0.0")  # No dataset.
+
+
 def test_ptbxl_build(ptbxl_source, tmp_path):
   manual, truth = ptbxl_source
   builder = _build("ptbxl", manual, str(tmp_path))

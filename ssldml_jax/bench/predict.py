@@ -17,7 +17,6 @@ process from the page cache (files just written), so the figures measure CPU, no
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -164,19 +163,13 @@ def measure(n: int, width: int, per_device: int, repeats: int, scratch: str) -> 
 
 
 def main(args: Optional[Sequence[str]] = None) -> list[dict]:
-  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench predict",
-                                   description=__doc__.splitlines()[0])
+  parser = common.arg_parser("predict", __doc__)
   parser.add_argument("--ecgs", type=int, default=256, help="WFDB records written and scored")
   parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the paper's)")
   parser.add_argument("--per_device_batch_size", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3, help="passes of each; the median counts")
-  parser.add_argument("--quick", action="store_true", help="a narrow model, 32 ECGs: a smoke run")
-  parser.add_argument("--no_record", action="store_true",
-                      help="do not append the figures to BENCHMARKS.md")
-  a = parser.parse_args(args)
-  for key in ("ecgs", "width", "per_device_batch_size", "repeats"):
-    if getattr(a, key) < 1:
-      parser.error(f"--{key}={getattr(a, key)} must be >= 1")
+  a = common.parse_args(parser, args, quick="a narrow model, 32 ECGs: a smoke run",
+                        positive=("ecgs", "width", "per_device_batch_size", "repeats"))
   if a.quick:
     a.ecgs, a.width, a.repeats = 32, 8, 1
   print(common.machine_line(["wfdb", "scipy"]), flush=True)

@@ -32,19 +32,14 @@ from ssldml_jax.eval import embed, head_training, targets
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(head_training.HeadSettings):
+  """Fine-tuning's ``HeadSettings`` and its batch per device (``config.probe.finetune``; its
+  ``seeds`` are the caller's business). ``dropout`` is the head's; the encoder keeps its own."""
   learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  per_device_batch_size: int = 64
-  max_steps: int = 2000          # rounded up to whole blocks of eval_every_steps
+  max_steps: int = 2000
   eval_every_steps: int = 100
   patience: int = 5
-  dropout: float = 0.3           # the head's, as the paper's MLP probe; the encoder's is its own
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> "FinetuneSettings":
-    """From ``config.probe.finetune`` (its ``seeds`` are the caller's business)."""
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
+  per_device_batch_size: int = 64
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,5 +1,6 @@
 """What the trained heads share (``mlp_probe`` on embeddings, ``finetune`` on raw ECGs).
 
+- Settings: ``HeadSettings``, the optimiser and early stopping both heads take.
 - Targets (a probe target's kind, ``TASKS``): 0/1 labels for ``task='binary'``, mmHg for
   ``'regression'``, (n, K) multi-hot labels for ``'multilabel'``, class indices for
   ``'multiclass'`` (``check_targets``). The loss sees the labels (BCE on logits; softmax
@@ -17,16 +18,37 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypeVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from ssldml_jax.eval import metrics as metrics_lib
 
 TASKS = ("binary", "regression", "multilabel", "multiclass")
+_Settings = TypeVar("_Settings", bound="HeadSettings")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSettings:
+  """How a head is trained: AdamW with ``learning_rate`` and ``weight_decay``, the head's
+  ``dropout``, and a validation pass after every ``eval_every_steps`` steps, stopping after
+  ``patience`` passes without improvement or at ``max_steps`` (rounded up to whole blocks of
+  ``eval_every_steps``). The defaults are the MLP probe's; each head's settings add its own."""
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-4
+  dropout: float = 0.3
+  max_steps: int = 3000
+  eval_every_steps: int = 50
+  patience: int = 10
+
+  @classmethod
+  def from_config(cls: type[_Settings], c: ml_collections.ConfigDict) -> _Settings:
+    """From the head's section of ``config.probe``; keys that are not fields are not read."""
+    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,50 +61,48 @@ def multilabel_metric_fns(labels: Sequence[str],
                           names: Sequence[str] | None = None) -> dict[str, metrics_lib.MetricFn]:
   """Multi-label metrics by name (all of ``multilabel_names`` unless ``names``)."""
   labels = tuple(labels)
-  width = len(labels)
-
-  def auroc_columns(y, score, weights):
-    y, score = _check(y, score, width, multiclass=False)
-    return _per_column(metrics_lib.auroc_batch, y, score, weights)
 
   def macro_auprc(y, score, weights):
-    y, score = _check(y, score, width, multiclass=False)
     return _macro(_per_column(metrics_lib.average_precision_batch, y, score, weights))
 
-  every = {"macro_auroc": lambda y, s, w: _macro(auroc_columns(y, s, w)),
-           "macro_auprc": macro_auprc}
-  for k, label in enumerate(labels):
-    every[f"auroc_{label}"] = (lambda k: lambda y, s, w: _one(y, s, w, k, width, False))(k)
-  return _select(every, multilabel_names(labels) if names is None else names)
+  return _metric_fns(labels, multilabel_names(labels) if names is None else names,
+                     multiclass=False, own={"macro_auprc": macro_auprc})
 
 
 def multiclass_metric_fns(classes: Sequence[str],
                           names: Sequence[str] | None = None) -> dict[str, metrics_lib.MetricFn]:
   """Multi-class metrics by name (all of ``multiclass_names`` unless ``names``)."""
   classes = tuple(classes)
-  width = len(classes)
 
-  def macro_auroc(y, score, weights):
-    onehot, score = _check(y, score, width, multiclass=True)
-    return _macro(_per_column(metrics_lib.auroc_batch, onehot, score, weights))
-
-  def accuracy(y, score, weights):
-    onehot, score = _check(y, score, width, multiclass=True)
+  def accuracy(onehot, score, weights):
     n = score.shape[0]
     w = np.ones((1, n)) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
     right = onehot[np.arange(n), np.argmax(score, axis=1)]
     total = w.sum(axis=1)
     return np.divide(w @ right, total, out=np.full(total.shape, np.nan), where=total != 0)
 
-  every = {"macro_auroc": macro_auroc, "accuracy": accuracy}
-  for k, c in enumerate(classes):
-    every[f"auroc_{c}"] = (lambda k: lambda y, s, w: _one(y, s, w, k, width, True))(k)
-  return _select(every, multiclass_names(classes) if names is None else names)
+  return _metric_fns(classes, multiclass_names(classes) if names is None else names,
+                     multiclass=True, own={"accuracy": accuracy})
 
 
-def _one(y, score, weights, k: int, width: int, multiclass: bool) -> np.ndarray:
-  y, score = _check(y, score, width, multiclass)
-  return metrics_lib.auroc_batch(y[:, k], score[:, k], weights)
+def _metric_fns(columns: tuple, names: Sequence[str], *, multiclass: bool,
+                own: dict[str, Callable]) -> dict[str, metrics_lib.MetricFn]:
+  """``macro_auroc``, the kind's ``own`` metrics and ``auroc_<column>``, selected by ``names``.
+
+  Each checks its inputs first; the metrics then see (n, K) bool labels (one-hot for classes).
+  """
+  width = len(columns)
+  every = {"macro_auroc": lambda y, s, w: _macro(_per_column(metrics_lib.auroc_batch, y, s, w)),
+           **own}
+  for k, column in enumerate(columns):
+    every[f"auroc_{column}"] = lambda y, s, w, k=k: metrics_lib.auroc_batch(y[:, k], s[:, k], w)
+
+  def checked(fn: Callable) -> metrics_lib.MetricFn:
+    def metric(y, score, weights):
+      return fn(*_check(y, score, width, multiclass), weights)
+    return metric
+
+  return {name: checked(fn) for name, fn in _select(every, names).items()}
 
 
 def _select(every: dict, names: Sequence[str]) -> dict[str, metrics_lib.MetricFn]:

@@ -29,7 +29,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -40,20 +39,10 @@ _PREDICT_CHUNK = 512  # rows per compiled prediction call (padded), one shape fo
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPSettings:
+class MLPSettings(head_training.HeadSettings):
+  """The MLP probe's ``HeadSettings`` and its width and batch size (``config.probe.mlp``)."""
   hidden_dim: int = 128
-  dropout: float = 0.3
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-4
   batch_size: int = 64
-  max_steps: int = 3000          # rounded up to whole blocks of eval_every_steps
-  eval_every_steps: int = 50
-  patience: int = 10
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> "MLPSettings":
-    """From ``config.probe.mlp``."""
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
 
 def check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
