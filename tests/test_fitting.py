@@ -35,6 +35,7 @@ def probe_settings(heads=("linear", "mlp")):
   return c
 
 
+@pytest.mark.slow
 def test_heads_recover_planted_signal_on_the_configured_subsets():
   splits, config = planted_splits(), probe_settings()
   fits = fitting.fit_all(config, splits, log=lambda m: None)
@@ -93,6 +94,7 @@ def test_unusable_subsets_are_left_out_and_said():
     fitting.fit_all(config, splits, log=messages.append)
 
 
+@pytest.mark.slow
 def test_multilabel_and_multiclass_targets_on_the_linear_and_mlp_heads():
   splits, config = planted_splits(), probe_settings()
   for split in splits.values():
