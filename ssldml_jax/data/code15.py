@@ -58,11 +58,11 @@ class Code15(readers.SourceBuilder):
       "Download CODE-15% from https://zenodo.org/records/4916206 (exams.csv and the "
       "exams_part{0..17}.zip archives), unzip the archives and pass the folder that holds "
       "exams.csv and exams_part*.hdf5 as --manual_dir.")
+  HOMEPAGE = "https://zenodo.org/records/4916206"
   DESCRIPTION = ("CODE-15%: 12-lead ECGs from the Telehealth Network of Minas Gerais, Brazil "
                  "(Ribeiro et al.), 400 Hz, centred zero padding trimmed, resampled. Patients "
                  "split 80/10/10 into train/validation/test by SHA-256 of patient_id. No mPCWP "
                  "(pcwp NaN).")
-  HOMEPAGE = "https://zenodo.org/records/4916206"
   CITATION = ("Ribeiro AH, Paixao GMM, Lima EM, et al. CODE-15%: a large scale annotated dataset "
               "of 12-lead ECGs. Zenodo (2021). doi:10.5281/zenodo.4916206.")
 
