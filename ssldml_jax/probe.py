@@ -5,7 +5,8 @@ encoder of ``config.model``) on the labeled cohort: cached embeddings, logistic 
 fine-tuned heads at every label fraction and seed, patient-bootstrap CIs and subgroup tests
 (``ssldml_jax.eval.probe_lib``, then ``ssldml_jax.eval.report``). Writes ``probe_results.json``,
 ``predictions.csv``, ``embeddings/``, ``tables/`` and ``plots/`` in the workdir and prints the main
-tables.
+tables. With ``--config.random_baseline=True`` it also probes a randomly initialised encoder of
+the same architecture in ``<workdir>/random/`` and puts its row in the same tables.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.set_verbosity(logging.ERROR)  # TFDS / orbax INFO lines would bury the tables.
 
   workdir = workdirs.prepare(workdir)
-  outcome = probe_lib.run_probe(config, workdir)
-  made = report.write_report([outcome], config, workdir)
-  for stem in ("classification", "regression"):
+  outcomes = probe_lib.run_probes(config, workdir)
+  made = report.write_report(outcomes, config, workdir)
+  for stem in report.printed_stems(config):
     if stem in made:
       print("\n" + tables.to_markdown(made[stem]), flush=True)
 

@@ -330,25 +330,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
 def _report(config: ml_collections.ConfigDict, root: str, probes: dict, premises: dict,
             notes: Sequence[str]) -> dict:
   """Pools each method's probes, compares the methods, writes and prints the tables."""
-  from ssldml_jax.eval import comparisons, pooling, probe_config, report, tables, targets
+  from ssldml_jax.data import pipeline
+  from ssldml_jax.eval import comparisons, pooling, probe_config, probe_lib, report, tables
 
   methods = config.methods
   labels = {m: methods_lib.get(m).label for m in methods}
-  first = next(o for m in methods for o in probes[m])
-  test = pooling.labeled_split(first, config.data.test_split, "test")
   # The probe's keys as every probe of the job has them, before the per-stage rows and seeds.
   report_config = probe_config.probe_stage_config(
       replicate_config(config, config.pretrain_seeds[0]), "", None)
+  builder = pipeline.load_builder(config.data)
+  probe_targets, _ = probe_lib.resolve_targets(report_config, builder, config.data.train_split)
+  first = next(o for m in methods for o in probes[m])
+  splits = {role: pooling.labeled_split(first, builder, config.data[f"{role}_split"], role,
+                                        probe_targets) for role in ("validation", "test")}
   pooled, cells = [], {}
   for name in methods:
     outcome, evaluation = pooling.pool(report_config, name, probes[name],
-                                       os.path.join(root, "probe", name), test)
+                                       os.path.join(root, "probe", name), splits, probe_targets)
     pooled.append(outcome)
     cells[name] = evaluation.cells
-  threshold = float(config.task.pcwp_threshold)
-  found = comparisons.compare(
-      cells, ("random", config.compare_to), config.probe.primary_head,
-      {t: targets.values(test, t, threshold) for t in config.probe.targets}, test["patient_id"])
+  found = comparisons.compare(cells, ("random", config.compare_to), config.probe.primary_head,
+                              probe_targets, splits["test"])
   labeled = [labels[m] for m in methods if methods_lib.get(m).uses_labels]
   fraction_note = "; ".join(
       ([f"the encoders of {', '.join(labeled)} were pretrained on each row's labeled patients "
@@ -357,8 +359,11 @@ def _report(config: ml_collections.ConfigDict, root: str, probes: dict, premises
                              premises=[premises[m] for m in methods if m in premises],
                              fraction_note=fraction_note)
   print(f"tables, predictions and plots in {root}", flush=True)
-  for stem in ("pretext", "comparisons", "label_fractions_binary", "regression",
-               "classification"):
+  # The first target's main table (mPCWP > 18: classification) last: it carries the marks.
+  mains = [report.main_stem(t) for t in probe_targets]
+  stems = ["pretext", "comparisons"] + [s for s in report.printed_stems(report_config)
+                                        if s not in mains] + mains[::-1]
+  for stem in stems:
     if stem in made:
       print("\n" + tables.to_markdown(made[stem]), flush=True)
   return made

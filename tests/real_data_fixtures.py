@@ -126,6 +126,51 @@ def write_ptbxl(root: str) -> dict:
           "bad": bad}
 
 
+# SCP codes whose diagnostic superclasses make the benchmark's label patterns, in turn; the last
+# pattern has no diagnostic statement (the benchmark leaves such records out).
+BENCHMARK_PATTERNS = (("NORM",), ("IMI",), ("NDT",), ("LAFB",), ("LVH",), ("IMI", "NDT"),
+                      ("LAFB", "LVH"), ("SR",))
+
+
+def write_ptbxl_benchmark(root: str, patients: int = 40) -> dict:
+  """A PTB-XL folder for the superdiagnostic benchmark: ``patients`` patients of two records
+  each, patient p in fold 1 + p % 10, label patterns ``BENCHMARK_PATTERNS`` in turn within each
+  of train / validation / test (so every superclass has positives and negatives in each), and a
+  class-dependent wave added to every lead so that a probe has something to find.
+
+  Returns ``{ecg_id: (split, superclass vector, record path without extension)}``.
+  """
+  superclass = dict((code, cls) for code, _, cls in PTBXL_SCP)
+  split_of = {**{f: "train" for f in range(1, 9)}, 9: "validation", 10: "test"}
+  counters: dict = {}
+  rows, truth = [], {}
+  t = np.arange(5000) / 500.0
+  for p in range(patients):
+    fold = 1 + p % 10
+    for k in range(2):
+      ecg_id = str(1 + 2 * p + k)
+      split = split_of[fold]
+      i = counters.get(split, 0)
+      counters[split] = i + 1
+      codes = BENCHMARK_PATTERNS[i % len(BENCHMARK_PATTERNS)]
+      vector = [int(any(superclass[c] == cls for c in codes)) for cls in
+                ("NORM", "MI", "STTC", "CD", "HYP")]
+      x = signals(PTBXL_LEADS, 500, 5000, int(ecg_id))
+      for j, on in enumerate(vector):
+        x += on * 0.15 * np.sin(2 * np.pi * (1.5 + 0.5 * j) * t)[:, None]
+      name = f"records500/{int(ecg_id) // 1000 * 1000:05d}/{int(ecg_id):05d}_hr"
+      write_wfdb(os.path.join(root, name), x, PTBXL_LEADS, 500)
+      scp = "{" + ", ".join(f"'{c}': 100.0" for c in codes) + "}"
+      rows.append([ecg_id, f"{200 + p}.0", str(40 + p % 50), str(p % 2), fold, "", name, scp])
+      truth[ecg_id] = (split, vector, os.path.join(root, name))
+  write_csv(os.path.join(root, "ptbxl_database.csv"),
+            ["ecg_id", "patient_id", "age", "sex", "strat_fold", "filename_lr", "filename_hr",
+             "scp_codes"], rows)
+  write_csv(os.path.join(root, "scp_statements.csv"), ["", "diagnostic", "diagnostic_class"],
+            PTBXL_SCP)
+  return truth
+
+
 # --- MIMIC-IV-ECG -----------------------------------------------------------------------------
 
 def write_mimic(root: str, num_subjects: int = 12) -> dict:
@@ -300,3 +345,17 @@ def write_cohort(root: str, settings: Optional[dict] = None) -> dict:
     with open(os.path.join(root, "cohort.json"), "w") as f:
       json.dump(settings, f)
   return {"good": good, "bad": bad}
+
+
+if __name__ == "__main__":
+  # python tests/real_data_fixtures.py {ptbxl,ptbxl_benchmark,mimic,code15,cohort} DIR: writes the
+  # fixture into DIR (for trying the programs without the real data).
+  import sys
+
+  writers = {"ptbxl": write_ptbxl, "ptbxl_benchmark": write_ptbxl_benchmark,
+             "mimic": write_mimic, "code15": write_code15, "cohort": write_cohort}
+  if len(sys.argv) != 3 or sys.argv[1] not in writers:
+    sys.exit(f"usage: python {sys.argv[0]} {{{','.join(writers)}}} DIR")
+  os.makedirs(sys.argv[2], exist_ok=True)
+  writers[sys.argv[1]](sys.argv[2])
+  print(f"{sys.argv[1]} fixture written to {sys.argv[2]}")

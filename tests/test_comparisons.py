@@ -6,7 +6,8 @@ import pytest
 from sklearn import metrics as skm
 
 from ssldml_jax import config_defaults
-from ssldml_jax.eval import comparisons, delong, estimates, fitting, probe_config, significance
+from ssldml_jax.eval import (comparisons, delong, estimates, fitting, probe_config, significance,
+                             targets)
 
 N, PATIENTS = 300, 120
 
@@ -42,7 +43,7 @@ def case():
                                 pretrain_seed=pretrain_seed))
     cells[name] = estimates.evaluate(c, fits, test, name).cells
   labels = {"binary": y, "regression": test["pcwp"].astype(np.float64)}
-  found = comparisons.compare(cells, ("random", "simclr"), "linear", labels, test["patient_id"])
+  found = comparisons.compare(cells, ("random", "simclr"), "linear", targets.from_config(c), test)
   return cells, found, labels, test
 
 

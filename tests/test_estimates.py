@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from ssldml_jax import config_defaults
-from ssldml_jax.eval import bootstrap, estimates, fitting, metrics as M, probe_config
+from ssldml_jax.eval import bootstrap, estimates, fitting, metrics as M, probe_config, targets
 
 N, PATIENTS = 240, 80
 
@@ -149,7 +149,7 @@ def test_majority_class_row(case):
 
 def test_fit_records_hold_each_fits_own_metrics(case):
   test, fits, _, _ = case
-  records = estimates.fit_records(fits, test, 18.0)
+  records = estimates.fit_records(fits, test, targets.parse_all(("binary", "regression"), 18.0))
   assert len(records) == len(fits)
   y = test["pcwp"] > 18.0
   for f, r in zip(fits, records):

@@ -209,6 +209,7 @@ def _step_reading(config, ecg_id: str, steps: int) -> int:
   raise AssertionError(f"{ecg_id} is not in the first {steps} batches")
 
 
+@pytest.mark.slow
 def test_a_record_that_does_not_decode_stops_training_with_the_last_checkpoint_intact(
     ecg_synth_tiny, data_dir, tmp_path):
   root, shard = _copy_dataset(data_dir, tmp_path)

@@ -83,6 +83,7 @@ def _assert_same_weights(a, b) -> None:
                                  err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["binary", "regression"])
 def test_8_devices_finetune_like_one_with_the_concatenated_batch(task, monkeypatch):
   assert jax.local_device_count() == DEVICES

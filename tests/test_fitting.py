@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from ssldml_jax import cli, config_defaults
-from ssldml_jax.eval import fitting, metrics as M, probe_config, subsets
+from ssldml_jax.eval import fitting, metrics as M, probe_config, subsets, targets
 
 
 def _split(rng, n, w, patients):
@@ -35,6 +35,7 @@ def probe_settings(heads=("linear", "mlp")):
   return c
 
 
+@pytest.mark.slow
 def test_heads_recover_planted_signal_on_the_configured_subsets():
   splits, config = planted_splits(), probe_settings()
   fits = fitting.fit_all(config, splits, log=lambda m: None)
@@ -106,3 +107,33 @@ def test_unusable_subsets_are_left_out_and_said():
   train["pcwp"][:] = 12.0  # one class on the whole split: a config error, not a silent gap
   with pytest.raises(cli.ConfigError, match="probe linear binary on the whole training split"):
     fitting.fit_all(config, splits, log=messages.append)
+
+
+@pytest.mark.slow
+def test_multilabel_and_multiclass_targets_on_the_linear_and_mlp_heads():
+  splits, config = planted_splits(), probe_settings()
+  for split in splits.values():
+    mmhg = split["pcwp"]
+    split["ds"] = np.stack([mmhg > 18, mmhg < 14, mmhg > 24], 1).astype(np.int32)
+    split["code"] = np.digitize(mmhg, [14.0, 20.0]) * 5  # classes 0, 5, 10
+  config.probe.targets = ("ds:multilabel", "code:multiclass")
+  config.probe.fractions, config.probe.limited_n, config.probe.seeds = (1.0,), None, (0,)
+  features = {"ds": targets.Feature((3,), np.dtype(np.int32), ("high", "low", "very_high")),
+              "code": targets.Feature((), np.dtype(np.int64))}
+  found = targets.resolve(targets.from_config(config), features, "d", splits["train"])
+  assert found[1].classes == ("0", "5", "10")
+  fits = fitting.fit_all(config, splits, log=lambda m: None, probe_targets=found)
+  assert {(f.head, f.target) for f in fits} == {(h, t) for h in ("linear", "mlp")
+                                                for t in ("ds", "code")}
+  test = splits["test"]
+  for f in fits:
+    assert f.test_scores.shape == (300, 3), (f.head, f.target)
+    if f.target == "ds":
+      y = test["ds"] == 1
+      assert skm.roc_auc_score(y, f.test_scores, average="macro") > 0.85, f.head
+      assert len(f.threshold) == 3
+    else:
+      y = np.digitize(test["pcwp"], [14.0, 20.0])
+      np.testing.assert_allclose(f.test_scores.sum(axis=1), 1.0, rtol=1e-6)
+      assert skm.roc_auc_score(y, f.test_scores, multi_class="ovr") > 0.85, f.head
+      assert f.threshold is None

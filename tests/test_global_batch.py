@@ -10,6 +10,7 @@ must equal the single-device ones; each device's gradient w.r.t. its local embed
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ssldml_jax import distances, losses, parallel
 
@@ -80,6 +81,7 @@ def _run_both():
   return single, mapped, n_dev
 
 
+@pytest.mark.slow
 def test_pmapped_losses_and_grads_equal_single_device():
   # One test, one compile of all the losses (a module fixture would run once per xdist worker).
   single, mapped, n_dev = _run_both()

@@ -109,3 +109,53 @@ def test_host_copy_owns_its_memory_and_head_result():
   assert H.head_result("regression", y_val=val, val_scores=val, test_scores=val, stopper=stopper,
                        steps_run=10, best=({}, {}), final=({}, {}), n_train=7,
                        threshold_criterion="f1").threshold is None
+
+
+def test_multilabel_and_multiclass_losses_and_outputs():
+  rng = np.random.default_rng(2)
+  out = rng.normal(size=(30, 4)).astype(np.float32)
+  labels = rng.random((30, 4)) < 0.4
+  t, to_score = H.loss_targets("multilabel", labels)
+  prob = to_score(out)
+  np.testing.assert_allclose(prob, 1 / (1 + np.exp(-out.astype(np.float64))))
+  assert H.OutputMap("multilabel") == to_score  # a saved probe keeps it as plain fields
+  bce = np.mean([skm.log_loss(labels[:, k], prob[:, k], labels=[0, 1]) for k in range(4)])
+  assert float(H.task_loss("multilabel", jnp.asarray(out), jnp.asarray(t))) == pytest.approx(
+      bce, rel=1e-5)
+  classes = rng.integers(0, 4, 30)
+  t, to_score = H.loss_targets("multiclass", classes)
+  assert t.dtype == np.int32
+  prob = to_score(out)
+  np.testing.assert_allclose(prob.sum(axis=1), 1.0)
+  assert float(H.task_loss("multiclass", jnp.asarray(out), jnp.asarray(t))) == pytest.approx(
+      skm.log_loss(classes, prob, labels=range(4)), rel=1e-5)
+  assert H.validation_criterion("multiclass", classes, prob) == pytest.approx(
+      skm.roc_auc_score(classes, prob, multi_class="ovr"), abs=1e-12)
+  assert H.out_dim("multiclass", 4) == 4 and H.out_dim("binary", 4) == 1
+  # Every label needs both classes; every class needs an example.
+  one = labels.copy()
+  one[:, 2] = False
+  with pytest.raises(ValueError, match="y_train: label 2 has one class only"):
+    H.check_targets("multilabel", "y_train", one, 30, 4)
+  with pytest.raises(ValueError, match="y_val: class\\(es\\) \\[3\\] absent"):
+    H.check_targets("multiclass", "y_val", np.minimum(classes, 2), 30, 4)
+  scores = 1 / (1 + np.exp(-out.astype(np.float64)))
+  assert H.choose_thresholds("multilabel", labels, scores, "youden") == tuple(
+      M.choose_threshold(labels[:, k], scores[:, k], "youden") for k in range(4))
+  assert H.choose_thresholds("multiclass", classes, prob, "f1") is None
+
+
+@pytest.mark.parametrize("head", ["mlp", "finetune"])
+def test_head_settings_defaults_are_the_configs(head):
+  import dataclasses
+
+  import ml_collections
+
+  from ssldml_jax.eval import finetune, mlp_probe, probe_config
+  settings = {"mlp": mlp_probe.MLPSettings, "finetune": finetune.FinetuneSettings}[head]
+  section = probe_config.add_probe_section(ml_collections.ConfigDict()).probe[head]
+  # Every key of the section is a setting (the seeds go to the caller), and the defaults agree.
+  assert {f.name for f in dataclasses.fields(settings)} == set(section.keys()) - {"seeds"}
+  assert settings.from_config(section) == settings()
+  section.patience = 99
+  assert settings.from_config(section).patience == 99

@@ -70,3 +70,60 @@ def test_probe_rejects_bad_input(planted_binary):
   bad[5, 2] = np.nan
   with pytest.raises(ValueError, match="x_val: 1 embedding.* first at row 5"):
     L.logistic_probe(xt, yt, bad, yv)
+
+
+def _planted_classes(rng, n, k=3):
+  x, scale = _embeddings(rng, n)
+  z = (x - 3.0) / scale
+  logits = z[:, :k] * 1.5
+  return x, np.argmax(logits + rng.gumbel(size=(n, k)), axis=1)
+
+
+def test_multilabel_probe_is_one_logistic_probe_per_label(planted_binary):
+  (xt, yt), (xv, yv), (xs, ys) = planted_binary
+  # Two labels: the planted one and its complement shifted by noise.
+  rng = np.random.default_rng(5)
+  flip = lambda y: ~y ^ (rng.random(y.size) < 0.1)  # noqa: E731
+  y2 = [np.stack([y, flip(y)], axis=1) for y in (yt, yv, ys)]
+  res = L.multilabel_probe(xt, y2[0], xv, y2[1], xs, labels=("A", "B"))
+  assert res.task == "multilabel" and res.coef.shape == (12, 2)
+  for k in range(2):
+    alone = L.logistic_probe(xt, y2[0][:, k], xv, y2[1][:, k], xs)
+    assert res.hyper[k] == alone.hyper and res.threshold[k] == alone.threshold
+    np.testing.assert_allclose(res.test_scores[:, k], alone.test_scores, rtol=1e-12)
+  np.testing.assert_allclose(res.predict(xs), res.test_scores, rtol=1e-12)
+  y_one = y2[0].copy()
+  y_one[:, 1] = True
+  with pytest.raises(ValueError, match="label B: y_train: only one class"):
+    L.multilabel_probe(xt, y_one, xv, y2[1], labels=("A", "B"))
+
+
+def test_multiclass_probe_picks_c_by_validation_macro_auroc_like_sklearn():
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.metrics import roc_auc_score
+
+  rng = np.random.default_rng(7)
+  (xt, yt), (xv, yv), (xs, ys) = (_planted_classes(rng, n) for n in (300, 150, 200))
+  grid = (1e-3, 1e-1, 10.0)
+  res = L.multiclass_probe(xt, yt, xv, yv, xs, classes=("a", "b", "c"), grid=grid)
+  std = L.fit_standardizer(xt)
+  # By brute force: a fresh scikit-learn fit for every C, scored on validation.
+  found = []
+  for c in grid:
+    model = LogisticRegression(C=c, max_iter=2000).fit(std(xt), yt)
+    found.append(roc_auc_score(yv, model.predict_proba(std(xv)), multi_class="ovr"))
+  assert res.val_criterion == pytest.approx(tuple(found), abs=1e-4)
+  # The chosen C is a best one (grid values may tie to rounding), and its fit is scikit-learn's.
+  assert found[grid.index(res.hyper)] == pytest.approx(max(found), abs=1e-4)
+  assert res.val_criterion[grid.index(res.hyper)] == max(res.val_criterion)
+  best = LogisticRegression(C=res.hyper, max_iter=2000).fit(std(xt), yt)
+  # Warm-started along the grid vs. a cold start: equal up to lbfgs's tolerance.
+  np.testing.assert_allclose(res.test_scores, best.predict_proba(std(xs)), atol=2e-3)
+  np.testing.assert_allclose(res.test_scores.sum(axis=1), 1.0)
+  assert roc_auc_score(ys, res.test_scores, multi_class="ovr") > 0.8
+  # Two classes: scikit-learn fits one logit; the softmax of the two columns equals it.
+  two = L.multiclass_probe(xt, yt > 0, xv, yv > 0, xs, classes=("no", "yes"), grid=(1.0,))
+  model = LogisticRegression(C=1.0, max_iter=2000).fit(std(xt), yt > 0)
+  np.testing.assert_allclose(two.test_scores, model.predict_proba(std(xs)), atol=2e-3)
+  with pytest.raises(ValueError, match="no example of class\\(es\\) c"):
+    L.multiclass_probe(xt, np.minimum(yt, 1), xv, yv, classes=("a", "b", "c"))

@@ -164,6 +164,7 @@ def test_view_losses_match_brute_force():
     np.testing.assert_allclose(ours(m), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_matches_pytorch_metric_learning(problem):
   torch = pytest.importorskip("torch")
   pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
@@ -205,6 +206,7 @@ def test_matches_pytorch_metric_learning(problem):
   np.testing.assert_allclose(ours, pml(t(three), t(np.array([0, 0, 1]))).item(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(problem):
   emb, a, p, n, valid = problem
   labels = np.arange(N) % 3

@@ -10,7 +10,7 @@ from ssldml_jax import cli, config_defaults, methods, reproduce, train_lib
 from ssldml_jax.eval import probe_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB_CONFIGS = ("quickstart", "paper", "probe")
+JOB_CONFIGS = ("quickstart", "paper", "probe", "probe_ptbxl")
 
 
 def _leaves(config, prefix=""):
@@ -161,7 +161,8 @@ def test_stage_configs_of_the_main_job():
   assert "task" not in stages["pretrain/ssl_dml_dtw/seed0"].config
   assert stages["probe/supervised/seed0"].config.probe.name == "supervised"
   assert set(stages["probe/random/seed0"].config.keys()) == {
-      "seed", "data", "model", "task", "probe", "encoder_workdir", "export_splits"}
+      "seed", "data", "model", "task", "probe", "encoder_workdir", "export_splits",
+      "random_baseline"}
   assert set(stages["probe/random/seed0"].config.task.keys()) == {"pcwp_threshold"}
   for stage in stages.values():
     if stage.kind == "pretrain":

@@ -157,6 +157,7 @@ def _assert_same_rows(full, part, rows, what):
       np.testing.assert_array_equal(np.asarray(a)[rows], b, err_msg=f"{name}.{field}, {what}")
 
 
+@pytest.mark.slow
 def test_rows_with_offset_equal_slices_of_the_square_problem():
   """A device mining its rows against the global batch sees what one device sees."""
   square, mask, labels, reg = _global_problem(N, 3)
@@ -175,6 +176,7 @@ def _mine_local(raw_rows, mask, labels, reg, key, axis_name):
   return _mine_rows(raw_rows, *gathered, key, offset, deterministic=False)
 
 
+@pytest.mark.slow
 def test_triplets_do_not_depend_on_the_device_split():
   """3 and 8 devices under pmap draw exactly the triplets of one unmapped device.
 

@@ -146,6 +146,7 @@ def _batches(config, n: int) -> list[dict]:
     it.close()
 
 
+@pytest.mark.slow
 def test_8x4_equals_1x32(ssl_config):
   config = ssl_config
   program = train_lib.build_program(config, NUM_STEPS)
@@ -169,6 +170,7 @@ def test_8x4_equals_1x32(ssl_config):
   assert float(m1["loss"][0]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [SSL_SPEC, "configs/ssl_dml_dtw.py:tiny"])
 def test_pmap_equals_shard_map(spec):
   """Two train steps and an eval step on a padded batch, DTW mining included (its wavefront's

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ssldml_jax import config_defaults
-from ssldml_jax.eval import fitting, probe_config, probe_files, subgroups, tables
+from ssldml_jax.eval import fitting, probe_config, probe_files, subgroups, tables, targets
 
 
 def _split(n, seed):
@@ -50,7 +50,7 @@ def test_predictions_file(tmp_path):
       # The seed mean of the 100% fits only.
       scores = [getattr(f, "val_scores" if split == "validation" else "test_scores")[i]
                 for f in fits if (f.head, f.target, f.fraction) == (head, target, "100%")]
-      assert float(r[column]) == float(f"{(scores[0] + scores[1]) / 2:.6g}")
+      assert float(r[column]) == float(f"{(scores[0] + scores[1]) / 2:.9g}")
   read = probe_files.read_predictions(path)
   assert read["ecg_id"].tolist() == [r[0] for r in body]
   np.testing.assert_array_equal(read["y_score_binary"], [float(r[5]) for r in body])
@@ -90,7 +90,8 @@ def test_outcome_round_trip(tmp_path):
 
 
 def test_fits_round_trip_once_each(tmp_path):
-  """fits.npz holds every distinct fit once (one standing for two seeds too), scores exact."""
+  """fits.npz holds every distinct fit once (one standing for two seeds too), scores and
+  thresholds exact, a multi-label fit's per label too."""
   rng = np.random.default_rng(3)
   first = fitting.Fit(head="linear", target="binary", fraction="100%", seed=0, n_train=9,
                       val_scores=rng.random(6), test_scores=rng.random(5), threshold=0.4,
@@ -98,15 +99,45 @@ def test_fits_round_trip_once_each(tmp_path):
   fits = [first, dataclasses.replace(first, seed=1),
           fitting.Fit(head="mlp", target="regression", fraction="n=40", seed=2, n_train=40,
                       val_scores=rng.random(4), test_scores=rng.random(5), threshold=None,
-                      info={}, n_validation=4, pretrain_seed=3)]
+                      info={}, n_validation=4, pretrain_seed=3),
+          fitting.Fit(head="linear", target="ds", fraction="10%", seed=1, n_train=4,
+                      val_scores=rng.random((3, 2)), test_scores=rng.random((5, 2)),
+                      threshold=(0.25, 0.5), info={}, n_validation=3, pretrain_seed=1)]
   ids = np.array([f"e{i}" for i in range(5)])
   path = probe_files.save_fits(str(tmp_path / probe_files.FITS_FILE), fits, ids)
   assert not list(tmp_path.glob("*.tmp*"))
   back, back_ids = probe_files.load_fits(path)
-  assert back_ids.tolist() == ids.tolist() and len(back) == 2
-  for want, got in zip((fits[0], fits[2]), back):
+  assert back_ids.tolist() == ids.tolist() and len(back) == 3
+  for want, got in zip((fits[0], fits[2], fits[3]), back):
     for key in ("head", "target", "fraction", "seed", "pretrain_seed", "n_train", "n_validation",
                 "threshold"):
       assert getattr(got, key) == getattr(want, key), key
     np.testing.assert_array_equal(got.test_scores, want.test_scores)
     np.testing.assert_array_equal(got.val_scores, want.val_scores)
+
+
+def test_predictions_of_multilabel_and_multiclass_targets(tmp_path):
+  c = probe_config.add_entry_keys(probe_config.add_probe_section(config_defaults.base_config()))
+  c.probe.heads = ("linear",)
+  multi = targets.Target("ds", "ds", "multilabel", classes=("NORM", "MI"))
+  one = targets.Target("rhythm", "code", "multiclass", classes=("3", "7", "9"))
+  rng = np.random.default_rng(0)
+  splits = {s: {"ecg_id": np.array([f"{s}{i}" for i in range(4)]),
+                "patient_id": np.array([f"p{i}" for i in range(4)]),
+                "ds": np.array([[1, 0], [0, 1], [1, 1], [1, 0]], np.int32),
+                "code": np.array([3, 9, 7, 9])} for s in ("validation", "test")}
+  fits = [fitting.Fit(head="linear", target=t.name, fraction="100%", seed=0, n_train=9,
+                      val_scores=rng.uniform(size=(4, t.width)),
+                      test_scores=rng.uniform(size=(4, t.width)), threshold=None, info={})
+          for t in (multi, one)]
+  path = probe_files.write_predictions(str(tmp_path / "p.csv"), c, fits, splits, [multi, one])
+  read = probe_files.read_predictions(path)
+  assert list(read) == ["ecg_id", "patient_id", "split", "y_true_ds.NORM", "y_true_ds.MI",
+                        "y_score_ds.NORM", "y_score_ds.MI", "y_true_rhythm.3", "y_true_rhythm.7",
+                        "y_true_rhythm.9", "y_score_rhythm.3", "y_score_rhythm.7",
+                        "y_score_rhythm.9"]
+  test = read["split"] == "test"
+  np.testing.assert_array_equal(read["y_true_ds.MI"][test], [0, 1, 1, 0])
+  np.testing.assert_array_equal(read["y_true_rhythm.9"][test], [0, 1, 0, 1])  # one-hot classes
+  np.testing.assert_allclose(read["y_score_rhythm.7"][test], fits[1].test_scores[:, 1],
+                             rtol=1e-8)

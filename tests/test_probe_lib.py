@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ssldml_jax import cli
-from ssldml_jax.eval import probe_files, probe_lib, tables
+from ssldml_jax import cli, methods, metrics_log
+from ssldml_jax.eval import embed, probe_config, probe_files, probe_lib, tables
 
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                     "probe.py") + ":tiny"
@@ -47,3 +47,42 @@ def test_a_missing_split_names_its_key(ecg_synth_tiny, data_dir, tmp_path, key, 
   with pytest.raises(cli.ConfigError, match=message):
     probe_lib.run_probe(c, str(tmp_path))
   assert not os.path.exists(tmp_path / probe_files.RESULTS_FILE)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("lvef:regression", r"config\.probe\.targets: target 'lvef': ecg_synth/tiny/[\d.]+ has no "
+                        r"feature 'lvef' \(label features: age, pcwp, sex\)"),
+    ("age:binary", r"feature 'age' of ecg_synth/tiny/[\d.]+ \(scalar, float32\) holds values "
+                   r"other than 0/1"),
+])
+def test_a_target_the_dataset_cannot_give_stops_before_embedding(ecg_synth_tiny, data_dir,
+                                                                 tmp_path, monkeypatch, spec,
+                                                                 message):
+  c = _tiny(data_dir)
+  c.probe.targets = (spec,)
+  monkeypatch.setattr(embed, "cached_split", lambda *a, **k: pytest.fail("embedded"))
+  with pytest.raises(cli.ConfigError, match=message):
+    probe_lib.run_probe(c, str(tmp_path))
+
+
+def test_the_random_baseline_has_the_pretrained_encoders_architecture(tmp_path, monkeypatch):
+  pretrain = methods.pretrain_config("simclr", "tiny")
+  pretrain.model.width, pretrain.data.sampling_rate, pretrain.data.bandpass = 6, 40, (0.5, 15.0)
+  metrics_log.write_config(str(tmp_path), pretrain)
+  c = cli.load_config_file(TINY)
+  c.encoder_workdir, c.random_baseline, c.probe.n_bootstrap = str(tmp_path), True, 7
+  random = probe_lib.random_baseline_config(c)
+  assert random.encoder_workdir is None and not random.random_baseline
+  assert random.model.to_dict() == pretrain.model.to_dict()
+  assert (random.data.sampling_rate, tuple(random.data.bandpass)) == (40, (0.5, 15.0))
+  assert random.probe.name == "random" and random.probe.n_bootstrap == 7
+  probe_config.validate(random)
+  # Without a pretrained encoder there is no second probe.
+  calls = []
+  monkeypatch.setattr(probe_lib, "run_probe", lambda config, workdir: calls.append(
+      (workdir, config.encoder_workdir)) or "outcome")
+  c.encoder_workdir = None
+  assert probe_lib.run_probes(c, "/w") == ["outcome"] and calls == [("/w", None)]
+  c.encoder_workdir = str(tmp_path)
+  assert len(probe_lib.run_probes(c, "/w")) == 2
+  assert calls[1:] == [("/w", str(tmp_path)), ("/w/random", None)]

@@ -61,3 +61,17 @@ def test_first_ecg_in_millivolts(ecg_synth_tiny, tfds_records):
   assert first["rate"] == want["sampling_rate"] == ecg_synth_tiny.builder_config.sampling_rate
   np.testing.assert_allclose(first["ecg_mv"], want["ecg"] / 1000.0, rtol=1e-6, atol=0)
   assert first["ecg_mv"].dtype == np.float32 and first["ecg_mv"].shape[1] == records.NUM_LEADS
+
+
+def test_label_features_and_read_features_agree_with_tfds(ecg_synth_tiny, tfds_records):
+  features = reader.label_features(ecg_synth_tiny)
+  assert features == {"age": ((), np.dtype(np.float32), ()), "sex": ((), np.dtype(np.int32), ()),
+                      "pcwp": ((), np.dtype(np.float32), ())}
+  got = reader.read_features(ecg_synth_tiny, "validation", ("sex", "pcwp"))
+  want = tfds_records["validation"]
+  assert got["ecg_id"].tolist() == [r["ecg_id"].decode() for r in want]
+  np.testing.assert_array_equal(got["sex"], [r["sex"] for r in want])
+  np.testing.assert_array_equal(got["pcwp"], np.array([r["pcwp"] for r in want], np.float32))
+  assert got["sex"].dtype == np.int32 and got["pcwp"].dtype == np.float32
+  with pytest.raises(KeyError, match="has no label feature ecg \\(has age, pcwp, sex\\)"):
+    reader.read_features(ecg_synth_tiny, "test", ("ecg",))

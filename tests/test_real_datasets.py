@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import real_data_fixtures as fx
-from ssldml_jax.data import build, cohort, ptbxl, readers, records, tfds_common
+from ssldml_jax.data import build, cohort, ptbxl, reader, readers, records, tfds_common
 
 # wfdb calls pandas in a way pandas 3 deprecates; not this project's to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")
@@ -159,6 +159,17 @@ def test_cohort_settings_reject_unknown_keys(tmp_path):
 
 # --- Builders ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["code15", "mimic_iv_ecg", "ptbxl", "cohort"])
+def test_a_source_without_its_files_names_itself_and_what_to_download(name, tmp_path):
+  with pytest.raises(readers.SourceError) as e:
+    _build(name, str(tmp_path / "absent"), str(tmp_path / "data"))
+  message = str(e.value)
+  assert message.startswith(f"{name} is built from downloaded files: manual directory ")
+  assert "(--manual_dir=DIR)" in message and "\n" not in message
+  assert message.endswith(build.builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS)
+  assert not os.path.exists(tmp_path / "data" / name / "default" / "1.0.0")  # No dataset.
+
+
 def test_ptbxl_build(ptbxl_source, tmp_path):
   manual, truth = ptbxl_source
   builder = _build("ptbxl", manual, str(tmp_path))
@@ -171,6 +182,13 @@ def test_ptbxl_build(ptbxl_source, tmp_path):
     assert math.isnan(example["pcwp"]) and example["sampling_rate"] == 250
     np.testing.assert_array_equal(example["diagnostic_superclass"], classes)
     _assert_close(example["ecg"], fx.expected_uv(seed))
+  # A probe target reads the superclasses by name, as they were stored.
+  features = reader.label_features(builder)
+  assert features["diagnostic_superclass"] == ((5,), np.dtype(np.int32), ptbxl.SUPERCLASSES)
+  for split in builder.info.splits:
+    stored = reader.read_features(builder, split, ("diagnostic_superclass",))
+    for ecg_id, vector in zip(stored["ecg_id"], stored["diagnostic_superclass"]):
+      np.testing.assert_array_equal(vector, truth["good"][ecg_id][5])
   report = _assert_skipped(builder, {"7": "unreadable WFDB", "8": "NaN", "9": "missing lead(s) V6",
                                      "10": "100 Hz, expected 500 Hz (wrong rate)"})
   assert report["examples_written"] == {"train": 3, "validation": 2, "test": 1}

@@ -70,9 +70,11 @@ def test_tables_take_each_heads_rows(tmp_path):
       got = [tables.parse_cell(cell)[0] for cell in line[2:2 + len(metrics)]]
       assert got == pytest.approx([_point(name, head, target, m) for m in metrics])
   fractions = made["label_fractions_binary"]
-  assert fractions.header == ("Method", "10%", "100%")
-  assert tables.parse_cell(fractions.body[1][1])[0] == pytest.approx(
+  # Every configured setting is a column; one without rows (all its fits left out) shows n/a.
+  assert fractions.header == ("Method", "1%", "10%", "100%", "n=1000")
+  assert tables.parse_cell(fractions.body[1][2])[0] == pytest.approx(
       _point("b", "linear", "binary", "auroc", "10%"))
+  assert fractions.body[1][1] == fractions.body[1][4] == tables.NA
   assert {r[1] for r in made["subgroups_binary"].body} == {"female", "male"}
   # The primary head's tests only, Holm-adjusted over the table (two tests of p = 0.2).
   assert [(r[0], r[-2], r[-1]) for r in made["subgroup_tests"].body] == [
@@ -132,3 +134,33 @@ def test_write_report_files(tmp_path):
                        shallow=False)
   plots = sorted(os.listdir(os.path.join(root, "plots")))
   assert plots == ["calibration.png", "embedding_a.png", "roc_pr.png"]  # b has no embeddings
+
+
+def test_any_target_gets_its_main_fraction_and_subgroup_tables(tmp_path):
+  c = _config()
+  c.probe.targets = ("binary", "diagnostic_superclass:multilabel")
+  metrics = ("macro_auroc", "macro_auprc", "auroc_NORM", "auroc_MI")
+  rows = []
+  for fraction, group in (("100%", "all"), ("10%", "all"), ("100%", "male")):
+    for metric in metrics:
+      p = _point("a", "linear", "ds", metric, fraction, group)
+      rows.append(("linear", tables.Row(method="a", target="diagnostic_superclass",
+                                        metric=metric, point=p, low=p - 0.01, high=p + 0.01,
+                                        n=7, group=group, fraction=fraction)))
+  outcome = probe_files.ProbeOutcome(name="a", workdir=str(tmp_path), rows=rows, tests=[],
+                                     fits=[])
+  made = report.report_tables([outcome], c, labels={"a": "A"})
+  main = made["diagnostic_superclass"]
+  assert main.header == ("Method", "n", "Macro-AUROC", "Macro-AUPRC", "AUROC NORM", "AUROC MI")
+  assert main.caption.startswith("diagnostic_superclass (multilabel), logistic / ridge probe")
+  assert [tables.parse_cell(cell)[0] for cell in main.body[0][2:]] == pytest.approx(
+      [_point("a", "linear", "ds", m) for m in metrics])
+  fractions = made["label_fractions_diagnostic_superclass"]
+  assert tables.parse_cell(fractions.body[0][2])[0] == pytest.approx(
+      _point("a", "linear", "ds", "macro_auroc", "10%"))
+  assert made["subgroups_diagnostic_superclass"].body[0][:2] == ("A", "male")
+  # No row of the binary target: its tables are empty, not filled from another target.
+  assert made["classification"].body == ()
+  assert report.printed_stems(c) == ["label_fractions_binary",
+                                     "label_fractions_diagnostic_superclass", "classification",
+                                     "diagnostic_superclass"]

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from ssldml_jax.eval import bootstrap, delong, estimates, fitting, metrics as M, significance
+from ssldml_jax.eval import (bootstrap, delong, estimates, fitting, metrics as M, significance,
+                             targets)
 
 
 def _patients(rng, patients):
@@ -33,8 +34,9 @@ def test_paired_bootstrap_matches_a_brute_force_loop():
   a = [_fit(np.clip(0.5 + 0.3 * y + rng.normal(0, 0.3, y.size), 0, 1), s) for s in (0, 1)]
   b = [_fit(np.clip(0.5 + 0.1 * y + rng.normal(0, 0.3, y.size), 0, 1), s) for s in (0, 1)]
   index = np.arange(y.size, dtype=np.float64)
-  cells = [estimates.cell_metrics(f, ("auroc", "f1"), y, index, pid, n_bootstrap=60)
-           for f in (a, b)]
+  binary = targets.parse("binary", 18.0)
+  cells = [estimates.cell_metrics(f, binary, y, index, pid, n_bootstrap=60,
+                                  names=("auroc", "f1")) for f in (a, b)]
   for metric, score in (("auroc", lambda yy, s, f: skm.roc_auc_score(yy, s)),
                         ("f1", lambda yy, s, f: skm.f1_score(yy, s >= f.threshold))):
     d = significance.difference(cells[0][metric].estimate.point, cells[0][metric].replicates,

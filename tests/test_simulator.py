@@ -447,6 +447,7 @@ def test_physiology_follows_pcwp_age_and_sex():
   assert np.corrcoef(age, t["qtc_ms"])[0, 1] > 0.1
 
 
+@pytest.mark.slow
 def test_label_learnable_from_the_signal_but_not_trivially():
   # ~1,000 full ECGs streamed chunk by chunk; only signal-measured features are kept.
   pcwp, patient_id, features = [], [], []

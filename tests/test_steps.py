@@ -152,6 +152,7 @@ def _relative(a, b) -> float:
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(FAMILIES))
 def test_bfloat16_train_step_is_close_to_float32(method):
   """One pmapped train step in bfloat16 against float32 from the same state and batch.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssldml_jax import cli, config_defaults
-from ssldml_jax.eval import probe_config
+from ssldml_jax.eval import probe_config, targets
 from ssldml_jax.eval import subsets as S
 
 
@@ -45,7 +45,8 @@ def test_labeled_keeps_known_rows_and_says_what_it_left_out(capsys):
   kept = S.labeled(split, "validation")
   assert kept["ecg_id"].tolist() == ["a", "c"]
   np.testing.assert_array_equal(kept["embedding"], [[0.0, 1.0], [4.0, 5.0]])
-  assert "validation: 2 ECG(s) without mPCWP left out (first 'b')" in capsys.readouterr().out
+  assert "validation: 2 of 4 ECG(s) without a label for pcwp (regression) left out (first 'b')" \
+      in capsys.readouterr().out
   split["pcwp"][:] = np.nan
   with pytest.raises(cli.ConfigError, match=r"config\.data\.test_split: no ECG"):
     S.labeled(split, "test")
@@ -100,3 +101,23 @@ def test_validation_rows_shrink_with_the_row_down_to_the_floor():
   assert not np.array_equal(S.validation_rows(c, val, train, rows["1%"], 3), kept["1%"])
   c.probe.limited_validation = "full"
   assert S.validation_rows(c, val, train, rows["1%"], 2).size == 200
+
+
+def test_labeled_keeps_the_rows_known_for_every_target_and_counts_the_others(capsys):
+  split = {"ecg_id": np.array(["a", "b", "c", "d", "e"]),
+           "pcwp": np.array([20.0, np.nan, 12.0, 30.0, 9.0], np.float32),
+           "ds": np.array([[1, 0], [0, 1], [0, 0], [-1, -1], [0, 1]], np.int32)}
+  both = [targets.parse("binary", 18.0), targets.Target("ds", "ds", "multilabel",
+                                                        classes=("x", "y"))]
+  out = S.labeled(split, "validation", both)
+  assert out["ecg_id"].tolist() == ["a", "e"]
+  np.testing.assert_array_equal(out["ds"], [[1, 0], [0, 1]])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == ["probe: validation: 1 of 5 ECG(s) without a label for pcwp > 18 left out "
+                   "(first 'b')",
+                   "probe: validation: 2 of 5 ECG(s) without a label for ds (multilabel: x, y) "
+                   "left out (first 'c')"]
+  split["ds"][:] = 0
+  with pytest.raises(cli.ConfigError, match="config.data.validation_split: no ECG of that split "
+                                            "has a label for every target"):
+    S.labeled(split, "validation", both)

@@ -48,6 +48,7 @@ def test_one_run_per_workdir(tmp_path):
   assert os.listdir(path) == []  # Released.
 
 
+@pytest.mark.slow
 def test_a_workdir_that_is_a_file_stops_the_program_with_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
   out = subprocess.run(

@@ -1,4 +1,5 @@
-"""``python -m ssldml_jax.bench {dtw,mining,train_step,input,all} [flags]``: the benchmarks.
+"""``python -m ssldml_jax.bench {dtw,mining,train_step,input,predict,all} [flags]``: the
+benchmarks.
 
 Each name runs ``ssldml_jax.bench.<name>.main(flags)``; ``all`` runs every one in turn with the
 same flags (``--quick`` and ``--no_record`` are understood by all) and ends with one table of all
@@ -11,7 +12,7 @@ import importlib
 import sys
 from typing import Any, Optional, Sequence
 
-BENCHMARKS = ("dtw", "mining", "train_step", "input")
+BENCHMARKS = ("dtw", "mining", "train_step", "input", "predict")
 
 
 def _load(name: str):

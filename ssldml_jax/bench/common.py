@@ -1,4 +1,5 @@
-"""What every benchmark program shares: the machine line, timing, tables and the record.
+"""What every benchmark program shares: its command line, the machine line, timing, tables and
+the record.
 
 Benchmarks compare this project with a peer in the same run on the same machine (SPEC section 8),
 so what matters is the ratio printed next to both times; the machine line says where it ran.
@@ -6,6 +7,7 @@ so what matters is the ratio printed next to both times; the machine line says w
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -14,13 +16,52 @@ import re
 import statistics
 import time
 from importlib import metadata
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 BENCHMARKS_MD = "BENCHMARKS.md"
 RECORD_HEADING = "## Recorded runs"
+
+
+def arg_parser(name: str, doc: str) -> argparse.ArgumentParser:
+  """The parser of ``python -m ssldml_jax.bench <name>``, described by the first line of ``doc``."""
+  return argparse.ArgumentParser(prog=f"python -m ssldml_jax.bench {name}",
+                                 description=doc.splitlines()[0])
+
+
+def parse_args(parser: argparse.ArgumentParser, args: Optional[Sequence[str]], *, quick: str,
+               positive: Sequence[str] = (),
+               at_least: Optional[Mapping[str, int]] = None) -> argparse.Namespace:
+  """``args`` parsed, with the options every benchmark has added last to ``parser``.
+
+  Those are ``--quick`` (a smoke run of seconds, never recorded; ``quick`` says what it runs) and
+  ``--no_record``. An option of ``positive`` below 1, or of ``at_least`` below its bound, is a
+  one-line usage error naming it (exit status 2).
+  """
+  parser.add_argument("--quick", action="store_true", help=quick)
+  parser.add_argument("--no_record", action="store_true",
+                      help="do not append the figures to BENCHMARKS.md")
+  a = parser.parse_args(args)
+  for key, low in {**dict.fromkeys(positive, 1), **(at_least or {})}.items():
+    if getattr(a, key) < low:
+      parser.error(f"--{key}={getattr(a, key)} must be >= {low}")
+  return a
+
+
+def int_list(flag: str, low: int) -> Callable[[str], tuple[int, ...]]:
+  """An argparse ``type`` for ``flag``: comma-separated integers, each at least ``low``."""
+  def parse(text: str) -> tuple[int, ...]:
+    try:
+      values = tuple(int(s) for s in text.split(","))
+    except ValueError:
+      values = ()
+    if not values or min(values) < low:
+      raise argparse.ArgumentTypeError(f"{flag}={text!r} must be comma-separated integers "
+                                       f">= {low}")
+    return values
+  return parse
 
 
 def cpu_model() -> str:

@@ -119,16 +119,6 @@ def run_case(x: np.ndarray, window: Optional[int], *, repeats: int, block: int,
   return row
 
 
-def _lengths(text: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(s) for s in text.split(","))
-  except ValueError:
-    values = ()
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f"--lengths={text!r} must be comma-separated integers >= 1")
-  return values
-
-
 def _windows(text: str) -> tuple[str, ...]:
   values = tuple(s.strip() for s in text.split(","))
   for v in values:
@@ -140,20 +130,17 @@ def _windows(text: str) -> tuple[str, ...]:
 
 
 def main(args: Optional[Sequence[str]] = None) -> list[dict]:
-  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench dtw",
-                                   description=__doc__.splitlines()[0])
+  parser = common.arg_parser("dtw", __doc__)
   parser.add_argument("--batch", type=int, default=BATCH, help="ECGs in the batch")
-  parser.add_argument("--lengths", type=_lengths, default=LENGTHS, help="samples, e.g. 500,2500")
+  parser.add_argument("--lengths", type=common.int_list("--lengths", 1), default=LENGTHS,
+                      help="samples, e.g. 500,2500")
   parser.add_argument("--windows", type=_windows, default=WINDOWS,
                       help="Sakoe-Chiba bands: none, a fraction of T (0.1) or samples (50)")
   parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (median)")
   parser.add_argument("--block", type=int, default=dtw.DEFAULT_BLOCK, help="anchors per block")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"batch {QUICK['batch']}, T in {QUICK['lengths']}: seconds")
-  parser.add_argument("--no_record", action="store_true", help="do not keep the results")
-  a = parser.parse_args(args)
-  if min(a.batch, a.repeats, a.block) < 1 or a.batch < 2:
-    parser.error("--batch must be >= 2, --repeats and --block >= 1")
+  a = common.parse_args(parser, args,
+                        quick=f"batch {QUICK['batch']}, T in {QUICK['lengths']}: seconds",
+                        positive=("repeats", "block"), at_least={"batch": 2})
   if a.quick:
     a.batch, a.lengths, a.repeats = QUICK["batch"], QUICK["lengths"], QUICK["repeats"]
   print(common.machine_line(["dtaidistance"]), flush=True)

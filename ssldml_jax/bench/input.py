@@ -20,7 +20,6 @@ Hz (polyphase, ``records.resample``), the peer interpolates to that many samples
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -151,8 +150,7 @@ def measure(name: str, data_dir: str, *, num_ecgs: int, num_files: int, batch: i
 
 
 def main(args: Optional[Sequence[str]] = None) -> list[dict]:
-  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench input",
-                                   description=__doc__.splitlines()[0])
+  parser = common.arg_parser("input", __doc__)
   parser.add_argument("--data_dir", default=None,
                       help="where ecg_synth is (built there if missing); default: a temporary "
                            "directory, removed at the end")
@@ -162,14 +160,9 @@ def main(args: Optional[Sequence[str]] = None) -> list[dict]:
   parser.add_argument("--resample_to", type=int, default=500,
                       help="also time resampling the 250 Hz records to this rate (0: skip)")
   parser.add_argument("--repeats", type=int, default=3, help="passes of each; the median counts")
-  parser.add_argument("--quick", action="store_true",
-                      help="ecg_synth/tiny (100 Hz), few ECGs: seconds, for a smoke run")
-  parser.add_argument("--no_record", action="store_true",
-                      help="do not append the figures to BENCHMARKS.md")
-  a = parser.parse_args(args)
-  for key in ("ecgs", "files", "batch", "repeats"):
-    if getattr(a, key) < 1:
-      parser.error(f"--{key}={getattr(a, key)} must be >= 1")
+  a = common.parse_args(parser, args,
+                        quick="ecg_synth/tiny (100 Hz), few ECGs: seconds, for a smoke run",
+                        positive=("ecgs", "files", "batch", "repeats"))
   if a.quick:
     name, a.ecgs, a.files, a.batch, a.repeats = QUICK_DATASET, 128, 64, 16, 1
   else:

@@ -43,7 +43,6 @@ process, the JAX step 2.5-4x slower. The loop's tensors are too small for thread
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import os
@@ -365,20 +364,10 @@ def train_step_share(*, dim: int, rounds: int, calls: int, step_rounds: int, qui
   return {"model": model, "step_s": step["jax_s"], "step_rounds": step_rounds, "rows": rows}
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-  try:
-    sizes = tuple(int(s) for s in text.split(","))
-  except ValueError:
-    sizes = ()
-  if not sizes or min(sizes) < 3:
-    raise argparse.ArgumentTypeError(f"--sizes={text!r} must be comma-separated integers >= 3")
-  return sizes
-
-
 def main(args: Optional[Sequence[str]] = None) -> dict:
-  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench mining",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", type=_sizes, default=SIZES, help="batch sizes, e.g. 64,256,1024")
+  parser = common.arg_parser("mining", __doc__)
+  parser.add_argument("--sizes", type=common.int_list("--sizes", 3), default=SIZES,
+                      help="batch sizes, e.g. 64,256,1024")
   parser.add_argument("--dim", type=int, default=128, help="embedding dimension")
   parser.add_argument("--rounds", type=int, default=5,
                       help="timing rounds; each calls the loop once, the others --calls times")
@@ -391,15 +380,9 @@ def main(args: Optional[Sequence[str]] = None) -> dict:
                       help="timed training steps for the share of the step (seconds each on CPU)")
   parser.add_argument("--no_train_step", action="store_true",
                       help="skip the share of the training step (and its compilation)")
-  parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, few repeats")
-  parser.add_argument("--no_record", action="store_true",
-                      help="do not append the figures to BENCHMARKS.md")
-  a = parser.parse_args(args)
-  for key in ("dim", "rounds", "calls", "step_rounds"):
-    if getattr(a, key) < 1:
-      parser.error(f"--{key}={getattr(a, key)} must be >= 1")
-  if a.torch_threads < 0:
-    parser.error(f"--torch_threads={a.torch_threads} must be >= 0")
+  a = common.parse_args(parser, args, quick=f"sizes {QUICK_SIZES}, few repeats",
+                        positive=("dim", "rounds", "calls", "step_rounds"),
+                        at_least={"torch_threads": 0})
   try:
     baseline = None if a.baseline_miners is None else load_miners(a.baseline_miners)
   except (ValueError, SyntaxError, ImportError) as e:

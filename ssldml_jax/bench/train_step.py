@@ -16,7 +16,6 @@ also runs with bfloat16 compute at per-device batch 64 and 256 (no PyTorch row t
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
 from typing import Callable, Optional, Sequence
@@ -307,18 +306,13 @@ def _run(*, batch: int, rate: int, num_steps: int, warmup: int, width: int,
 
 
 def main(args: Optional[Sequence[str]] = None) -> dict:
-  parser = argparse.ArgumentParser(prog="python -m ssldml_jax.bench train_step",
-                                   description=__doc__.splitlines()[0])
+  parser = common.arg_parser("train_step", __doc__)
   parser.add_argument("--batch", type=int, default=64, help="ECGs per step (the PyTorch row)")
   parser.add_argument("--rate", type=int, default=250, help="sampling rate, Hz (10 s ECGs)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps of each, alternating")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
-  parser.add_argument("--quick", action="store_true",
-                      help="batch 8, width 16, 100 Hz: seconds, for a smoke test")
-  parser.add_argument("--no_record", action="store_true", help="do not keep the results")
-  a = parser.parse_args(args)
-  if min(a.batch, a.rate, a.steps) < 1 or a.warmup < 0:
-    parser.error("--batch, --rate and --steps must be >= 1, --warmup >= 0")
+  a = common.parse_args(parser, args, quick="batch 8, width 16, 100 Hz: seconds, for a smoke test",
+                        positive=("batch", "rate", "steps"), at_least={"warmup": 0})
   width, rate, batch = (16, 100, 8) if a.quick else (64, a.rate, a.batch)
   backend = jax.default_backend()
   print(common.machine_line(["torch"]), flush=True)

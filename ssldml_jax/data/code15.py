@@ -29,7 +29,6 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 from ssldml_jax.data import readers, records
-from ssldml_jax.data.tfds_common import EcgBuilder
 
 SOURCE_RATE = 400
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -49,31 +48,26 @@ def exam_key(value) -> str:
   return str(int(number))
 
 
-class Code15(EcgBuilder):
+class Code15(readers.SourceBuilder):
   """CODE-15% at the config's rate, padding trimmed, split by a hash of the patient."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = readers.rate_configs() + [
       readers.SourceConfig(name="7s", description="250 Hz, 7 s: every exam, 10 s ones cut.",
                            sampling_rate=250, duration_s=7.0)]
-  DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Download CODE-15% from https://zenodo.org/records/4916206 (exams.csv and the "
       "exams_part{0..17}.zip archives), unzip the archives and pass the folder that holds "
       "exams.csv and exams_part*.hdf5 as --manual_dir.")
+  HOMEPAGE = "https://zenodo.org/records/4916206"
   DESCRIPTION = ("CODE-15%: 12-lead ECGs from the Telehealth Network of Minas Gerais, Brazil "
                  "(Ribeiro et al.), 400 Hz, centred zero padding trimmed, resampled. Patients "
                  "split 80/10/10 into train/validation/test by SHA-256 of patient_id. No mPCWP "
                  "(pcwp NaN).")
-  HOMEPAGE = "https://zenodo.org/records/4916206"
   CITATION = ("Ribeiro AH, Paixao GMM, Lima EM, et al. CODE-15%: a large scale annotated dataset "
               "of 12-lead ECGs. Zenodo (2021). doi:10.5281/zenodo.4916206.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    manual_dir = readers.manual_dir(dl_manager, "code15", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    exams_csv = readers.find_source(manual_dir, "exams.csv")
-    root = os.path.dirname(exams_csv)
+    exams_csv, root = self.source_table(dl_manager, "exams.csv")
     files = sorted(glob.glob(os.path.join(glob.escape(root), "exams_part*.hdf5")),
                    key=_part_number)
     if not files:

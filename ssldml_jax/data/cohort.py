@@ -40,6 +40,7 @@ import dataclasses
 import datetime
 import json
 import math
+import operator
 import os
 import re
 from typing import Iterator, Optional
@@ -48,7 +49,6 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 from ssldml_jax.data import readers, records
-from ssldml_jax.data.tfds_common import EcgBuilder
 
 SETTINGS_FILE = "cohort.json"
 MANIFEST_COLUMNS = ("path", "patient_id", "ecg_time", "ecg_id", "age", "sex", "sampling_rate",
@@ -171,13 +171,10 @@ def nearest_cath(caths: list[Cath], when: datetime.datetime,
   return None if best is None else best[1]
 
 
-class Cohort(EcgBuilder):
+class Cohort(readers.SourceBuilder):
   """A hospital cohort from a manifest and a labels table (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = readers.rate_configs(CohortConfig)
-  DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Pass the folder that holds manifest.csv (and labels.csv, the ECG files, and optionally "
       "cohort.json) as --manual_dir; see the docstring of ssldml_jax/data/cohort.py.")
@@ -186,7 +183,7 @@ class Cohort(EcgBuilder):
                  "Patient-disjoint splits; patients without a labeled ECG form 'unlabeled'.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    manual_dir = readers.manual_dir(dl_manager, "cohort", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    manual_dir = self.source_dir(dl_manager)
     config = load_settings(self.builder_config, manual_dir)
     manifest_path = os.path.join(manual_dir, config.manifest)
     if not os.path.isfile(manifest_path):
@@ -277,11 +274,8 @@ class Cohort(EcgBuilder):
 
   def _generate_examples(self, split: str, items: list, manual_dir: str,
                          config: CohortConfig) -> Iterator[tuple[str, dict]]:
-    for item in items:
-      result = self.example_from(split, item["ecg_id"],
-                                 lambda: self._load(item, manual_dir, config))
-      if result is not None:
-        yield result
+    yield from self.examples_from(split, items, operator.itemgetter("ecg_id"),
+                                  lambda item: self._load(item, manual_dir, config))
 
   def _load(self, item: dict, manual_dir: str, config: CohortConfig) -> dict:
     try:  # Labels first: a bad cell is cheaper to find than a record to read.

@@ -19,6 +19,7 @@ unknown. No mPCWP: ``pcwp`` is NaN.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from typing import Iterator, Optional
 
@@ -26,7 +27,6 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 from ssldml_jax.data import readers, records
-from ssldml_jax.data.tfds_common import EcgBuilder
 
 SOURCE_RATE = 500
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -53,6 +53,15 @@ def read_patients(path: Optional[str]) -> dict[str, tuple[int, float, float]]:
   return out
 
 
+def find_patients(manual_dir: str, root: str) -> Optional[str]:
+  """MIMIC-IV's ``patients.csv(.gz)`` in the manual dir or beside ``record_list.csv`` (``root``),
+  each or one folder below; None when absent."""
+  return next((p for p in (readers.find_source(d, name, required=False)
+                           for d in (manual_dir, root)
+                           for name in ("patients.csv", "patients.csv.gz"))
+               if p is not None), None)
+
+
 def age_at(ecg_time: str, anchor: Optional[tuple[int, float, float]]) -> float:
   """Age in years at the ECG from the patient's anchor age and year; NaN when unknown."""
   when = readers.parse_datetime(ecg_time)
@@ -62,13 +71,9 @@ def age_at(ecg_time: str, anchor: Optional[tuple[int, float, float]]) -> float:
   return anchor_age + (when.year - anchor_year)
 
 
-class MimicIvEcg(EcgBuilder):
+class MimicIvEcg(readers.SourceBuilder):
   """MIMIC-IV-ECG at the config's rate, split by a hash of the subject."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = readers.rate_configs()
-  DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Download MIMIC-IV-ECG from https://physionet.org/content/mimic-iv-ecg/ (`wget -r -N -c "
       "-np https://physionet.org/files/mimic-iv-ecg/1.0/`) and pass the folder that holds "
@@ -83,14 +88,8 @@ class MimicIvEcg(EcgBuilder):
               "Matched Subset (version 1.0). PhysioNet (2023).")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    manual_dir = readers.manual_dir(dl_manager, "mimic_iv_ecg", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    record_list = readers.find_source(manual_dir, "record_list.csv")
-    root = os.path.dirname(record_list)
-    patients_csv = next((p for p in (readers.find_source(d, name, required=False)
-                                     for d in (manual_dir, root)
-                                     for name in ("patients.csv", "patients.csv.gz"))
-                         if p is not None), None)
-    patients = read_patients(patients_csv)
+    record_list, root = self.source_table(dl_manager, "record_list.csv")
+    patients = read_patients(find_patients(self.source_dir(dl_manager), root))
     table = pd.read_csv(record_list, dtype=str, keep_default_na=False)
     missing = [c for c in RECORD_LIST_COLUMNS if c not in table.columns]
     if missing:
@@ -103,11 +102,8 @@ class MimicIvEcg(EcgBuilder):
 
   def _generate_examples(self, split: str, rows: list, root: str,
                          patients: dict) -> Iterator[tuple[str, dict]]:
-    for row in rows:
-      result = self.example_from(split, row["study_id"],
-                                 lambda: self._load(row, root, patients))
-      if result is not None:
-        yield result
+    yield from self.examples_from(split, rows, operator.itemgetter("study_id"),
+                                  lambda row: self._load(row, root, patients))
 
   def _load(self, row: dict, root: str, patients: dict) -> dict:
     subject = row["subject_id"].strip()

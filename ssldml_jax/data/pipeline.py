@@ -183,15 +183,8 @@ class _ToDeviceBatch(grain.transforms.Map):
     self._num_devices, self._per_device = num_devices, per_device
 
   def map(self, batch: dict) -> dict:
-    # records.int16_uv_to_mv in one pass over the batch (int16 -> float32 is exact).
-    ecg = np.multiply(batch["ecg"], np.float32(1e-3), dtype=np.float32)
-    # Resampling and filtering whole batches along time is one vectorised call instead of one
-    # per record.
-    if self._stored_rate != self._rate:
-      ecg = records.resample(ecg, self._stored_rate, self._rate, axis=1)
-    if self._bandpass is not None:
-      ecg = records.bandpass(ecg, self._rate, *self._bandpass, axis=1)
-    out = {"ecg": np.asarray(ecg, np.float32), "mask": np.ones(len(ecg), bool)}
+    ecg = records.model_input(batch["ecg"], self._stored_rate, self._rate, self._bandpass)
+    out = {"ecg": ecg, "mask": np.ones(len(ecg), bool)}
     for key in _LABEL_KEYS + HOST_ONLY_KEYS:
       out[key] = batch[key]
     return _to_devices(_pad(out, self._num_devices * self._per_device), self._num_devices)

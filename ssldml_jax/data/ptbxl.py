@@ -25,7 +25,6 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 from ssldml_jax.data import readers, records
-from ssldml_jax.data.tfds_common import EcgBuilder
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 SOURCE_RATE = 500
@@ -92,13 +91,9 @@ def _int_id(value: Any, column: str) -> str:
   return str(int(number))
 
 
-class Ptbxl(EcgBuilder):
+class Ptbxl(readers.SourceBuilder):
   """PTB-XL at the config's rate, with age, sex and diagnostic superclasses."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = readers.rate_configs()
-  DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Download PTB-XL from https://physionet.org/content/ptb-xl/ (the zip, or `wget -r -N -c "
       "-np https://physionet.org/files/ptb-xl/1.0.3/`) and pass the folder that holds "
@@ -117,15 +112,16 @@ class Ptbxl(EcgBuilder):
     features["diagnostic_superclass"] = tfds.features.Tensor(
         shape=(len(SUPERCLASSES),), dtype=np.int32,
         doc="multi-hot over " + ", ".join(SUPERCLASSES) + "; -1 unknown")
+    metadata = info.metadata
+    # The names of the multi-hot entries, for probe targets (reader.label_features).
+    metadata["classes"] = {"diagnostic_superclass": list(SUPERCLASSES)}
     return tfds.core.DatasetInfo(builder=self, description=info.description,
                                  features=tfds.features.FeaturesDict(features),
                                  homepage=info.homepage, citation=info.citation,
-                                 metadata=info.metadata)
+                                 metadata=metadata)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    manual_dir = readers.manual_dir(dl_manager, "ptbxl", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    database = readers.find_source(manual_dir, "ptbxl_database.csv")
-    root = os.path.dirname(database)
+    database, root = self.source_table(dl_manager, "ptbxl_database.csv")
     classes = diagnostic_classes(readers.find_source(root, "scp_statements.csv", required=False))
     table = pd.read_csv(database, dtype=str, keep_default_na=False)
     missing = [c for c in ("ecg_id", "patient_id", "age", "sex", "strat_fold", "filename_hr",

@@ -20,6 +20,8 @@ from tensorflow_datasets.proto import tf_example_pb2
 from ssldml_jax.data import integrity, records
 
 LABEL_FIELDS = ("ecg_id", "patient_id", "pcwp", "age", "sex")
+# Stored features that are no label: the signal, its rate and the ids.
+_NOT_LABELS = ("ecg", "sampling_rate", "ecg_id", "patient_id")
 
 
 def parse_example(raw: bytes, shape: tuple[int, int]) -> dict:
@@ -122,6 +124,50 @@ def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.n
   dtypes = {"ecg_id": str, "patient_id": str, "pcwp": np.float32, "age": np.float32,
             "sex": np.int32}
   return {key: np.asarray([r[key] for r in rows], dtypes[key]) for key in LABEL_FIELDS}
+
+
+def label_features(builder: tfds.core.DatasetBuilder) -> dict[str, tuple]:
+  """The stored features that can hold labels (numbers, one or a vector per ECG) by name:
+  ``(shape, numpy dtype, entry names)``; the names of a vector's entries come from the
+  dataset's ``metadata['classes'][name]`` when it has them, else ``()``."""
+  classes = dict((builder.info.metadata or {}).get("classes", {}) or {})
+  out = {}
+  for name, feature in builder.info.features.items():
+    shape, dtype = tuple(getattr(feature, "shape", (None,))), getattr(feature, "np_dtype", None)
+    if (name in _NOT_LABELS or dtype is None or len(shape) > 1 or None in shape
+        or not (np.issubdtype(dtype, np.number) or dtype == np.bool_)):
+      continue
+    out[name] = (shape, np.dtype(dtype), tuple(classes.get(name, ())))
+  return out
+
+
+def read_features(builder: tfds.core.DatasetBuilder, split: str,
+                  names: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """``ecg_id`` and the label features ``names`` of every record of ``split``, in record order.
+
+  Decodes those fields only (not the ECG), from the stored ``tf.train.Example`` s.
+  """
+  features = label_features(builder)
+  missing = [n for n in names if n not in features]
+  if missing:
+    raise KeyError(f"{builder.info.full_name} has no label feature {', '.join(missing)} (has "
+                   f"{', '.join(sorted(features))})")
+  source = builder.as_data_source(split,
+                                  deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  columns: dict[str, list] = {n: [] for n in ("ecg_id",) + tuple(names)}
+  for i in range(len(source)):
+    feature = tf_example_pb2.Example.FromString(source[i]).features.feature
+    columns["ecg_id"].append(feature["ecg_id"].bytes_list.value[0].decode("utf-8"))
+    for n in names:
+      stored = feature[n]
+      columns[n].append(stored.float_list.value if stored.HasField("float_list")
+                        else stored.int64_list.value)
+  out = {"ecg_id": np.asarray(columns["ecg_id"], str)}
+  for n in names:
+    shape, dtype, _ = features[n]
+    out[n] = np.asarray(columns[n], np.float64 if dtype.kind == "f" else np.int64).astype(
+        dtype).reshape((len(source),) + shape)
+  return out
 
 
 def first_ecg(builder: tfds.core.DatasetBuilder, split: str) -> Optional[dict]:

@@ -8,8 +8,9 @@ file raises ``BadRecordError`` with a sentence that names the file, so that a bu
 the record and go on (or stop, in strict mode); ``SourceError`` is for the source as a whole (no
 manual dir, a missing table or column) and stops the build before any record is read.
 
-Also here, shared by the builders: the rate configs they all offer, a patient split from a hash
-of the patient id, and parsers for the CSV cells they read.
+Also here, shared by the builders: their base class ``SourceBuilder`` (the rate configs they all
+offer, the way to their files), a patient split from a hash of the patient id, and parsers for the
+CSV cells they read.
 
 Length policy (one rule for every dataset): a record must cover the builder's duration at its
 declared rate, else it is rejected as too short; a longer record keeps its first ``duration``
@@ -28,10 +29,11 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from ssldml_jax.data import records
 from ssldml_jax.data.records import BadRecordError
-from ssldml_jax.data.tfds_common import EcgBuilderConfig
+from ssldml_jax.data.tfds_common import EcgBuilder, EcgBuilderConfig
 
 # Millivolts per unit, for the unit spellings WFDB headers and hospital exports use.
 _MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3,
@@ -76,6 +78,31 @@ def rate_configs(config_class: type = SourceConfig) -> list:
   return [config_class(name="default", description="250 Hz, 10 s (the paper's input).",
                        sampling_rate=250),
           config_class(name="500hz", description="500 Hz, 10 s.", sampling_rate=500)]
+
+
+class SourceBuilder(EcgBuilder):
+  """Base of the builders over downloaded recordings, read from ``--manual_dir``.
+
+  It gives them their first release and the ``rate_configs`` (a builder may offer others); a
+  builder whose records change gives its own ``VERSION`` and ``RELEASE_NOTES``. Subclasses set
+  ``MANUAL_DOWNLOAD_INSTRUCTIONS`` (said when the files are missing) and write
+  ``_split_generators`` / ``_generate_examples``.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = rate_configs()
+  DEFAULT_BUILDER_CONFIG_NAME = "default"
+
+  def source_dir(self, dl_manager: Any) -> str:
+    """The build's ``--manual_dir``, or a one-line error naming this dataset (``manual_dir``)."""
+    return manual_dir(dl_manager, self.name, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+
+  def source_table(self, dl_manager: Any, name: str) -> tuple[str, str]:
+    """``(path, folder)`` of the dataset's table ``name`` in the manual dir or one folder below
+    it (``find_source``); the paths of the records are relative to that folder."""
+    path = find_source(self.source_dir(dl_manager), name)
+    return path, os.path.dirname(path)
 
 
 def find_source(manual_dir: str, name: str, *, required: bool = True) -> Optional[str]:

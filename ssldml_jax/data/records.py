@@ -106,6 +106,23 @@ def resample(ecg: np.ndarray, rate_in: float, rate_out: float, axis: int = 0) ->
                                     padtype="line")
 
 
+def model_input(ecg_uv: np.ndarray, stored_rate: float, rate: float,
+                band: Optional[Sequence[float]] = None) -> np.ndarray:
+  """Stored int16 microvolt records ``(..., T, 12)`` as a model sees them: float32 millivolts,
+  resampled along time from ``stored_rate`` to ``rate`` Hz and band-passed when ``band`` is
+  ``(low_hz, high_hz)``. The input pipeline and ``predict`` both call it, so an ECG file meets
+  an encoder exactly as the records of its dataset did."""
+  axis = np.ndim(ecg_uv) - 2
+  # int16 -> float32 is exact; one pass over the batch.
+  ecg = np.multiply(ecg_uv, np.float32(1e-3), dtype=np.float32)
+  # Whole batches along time in one vectorised call instead of one per record.
+  if stored_rate != rate:
+    ecg = resample(ecg, stored_rate, rate, axis=axis)
+  if band is not None:
+    ecg = bandpass(ecg, rate, float(band[0]), float(band[1]), axis=axis)
+  return np.asarray(ecg, np.float32)
+
+
 def bandpass(ecg: np.ndarray, rate: float, low_hz: float, high_hz: float,
              axis: int = 0) -> np.ndarray:
   """Zero-phase Butterworth band-pass (order 2 per direction)."""

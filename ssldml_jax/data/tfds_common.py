@@ -4,8 +4,9 @@ A builder subclasses ``EcgBuilder``, gives its ``BUILDER_CONFIGS`` (``EcgBuilder
 subclass, which fix the sampling rate and duration of the stored records) and a ``DESCRIPTION``,
 and writes ``_split_generators`` / ``_generate_examples`` that turn its source records into
 examples with ``make_example`` (a record already in memory) or ``example_from`` (a record that
-still has to be read and may fail). Both validate the record, convert it to int16 microvolts and
-keep the ``BuildReport``, so no builder can silently drop or silently keep a bad record.
+still has to be read and may fail; ``examples_from`` for a list of them). Both validate the
+record, convert it to int16 microvolts and keep the ``BuildReport``, so no builder can silently
+drop or silently keep a bad record.
 
 Builds are atomic: TFDS writes into ``<config dir>/incomplete.*`` and renames it to the version
 directory only after every split and ``dataset_info.json`` are written; the build report is
@@ -141,6 +142,17 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
       self.report.reject(split, record_id, [f"cannot read: {e}"])
       return None
     return self.make_example(split, record)
+
+  def examples_from(self, split: str, items: Iterable[Any], record_id: Callable[[Any], str],
+                    load: Callable[[Any], Mapping[str, Any]]) -> Iterator[tuple[str, dict]]:
+    """``example_from`` of every item: ``(key, example)`` of the good ones, the others reported.
+
+    ``record_id(item)`` names the record in the report; ``load(item)`` reads it.
+    """
+    for item in items:
+      result = self.example_from(split, record_id(item), lambda: load(item))
+      if result is not None:
+        yield result
 
   def _checked_example(self, split: str, record: Mapping[str, Any]) -> tuple[dict, list[str]]:
     config = self.builder_config

@@ -24,7 +24,7 @@ def _row(split: str, labels: dict, threshold: float) -> tuple[str, ...]:
   age = subgroups.age_bands(labels["age"]) if n else np.array([], str)
   if known.any():
     stats = f"{pcwp[known].mean():.1f} ({pcwp[known].std():.1f})"
-    above = targets.values(labels, "binary", threshold)[known]
+    above = targets.values(labels, targets.parse("binary", threshold))[known]
     high = f"{int(above.sum())} ({100 * above.mean():.1f}%)"
   else:
     stats = high = "-"

@@ -3,14 +3,16 @@
 For each method and each reference (the random encoder and ``config.compare_to``) on the
 primary head's cells (``estimates.Cell``, every replicate of a method pooled):
 
-- at 100% of labels, every metric of ``METRICS`` (the main tables' threshold-free and thresholded
-  headline metrics); in each label-limited row, the target's headline metric (AUROC, RMSE);
+- at 100% of labels, every metric of ``METRICS`` for the target's kind (the main tables'
+  threshold-free and thresholded headline metrics; for a multi-label or multi-class target its
+  primary metric, ``targets.primary_metric``); in each label-limited row, the primary metric
+  (AUROC, RMSE, macro-AUROC);
 - the difference, method minus reference, of the cell values with its paired patient-bootstrap
   95% interval and p-value (``significance.difference`` on the two cells' replicates: every cell
   is scored on the same resamples of test patients, ``estimates.BOOTSTRAP_SEED``, so the
   replicates are paired);
-- for AUROC, DeLong's test of the same difference (``delong.paired`` with the test patients as
-  clusters and each method's seed-mean placements);
+- for the AUROC of a binary target, DeLong's test of the same difference (``delong.paired``
+  with the test patients as clusters and each method's seed-mean placements);
 - Holm's adjustment over the whole table, apart for the bootstrap and the DeLong p-values.
 
 A difference "holds" when its Holm-adjusted bootstrap p-value is below ``ALPHA``: the family-wise
@@ -27,10 +29,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from ssldml_jax.eval import delong, significance, subsets, tables
+from ssldml_jax.eval import delong, significance, subsets, tables, targets
 
 ALPHA = 0.05
-# Compared at 100% of labels; in a label-limited row the first metric only.
+# Compared at 100% of labels, by target kind (others: the primary metric); in a label-limited
+# row the primary metric only.
 METRICS = {"binary": ("auroc", "auprc", "f1", "accuracy"),
            "regression": ("rmse", "mae", "pearson_r")}
 
@@ -52,19 +55,23 @@ class Comparison:
     return self.p_holm < ALPHA
 
 
-def _metrics(target: str, fraction: str) -> tuple[str, ...]:
-  names = METRICS.get(target, ())
-  return names if fraction == subsets.FULL else names[:1]
+def _metrics(target: targets.Target, fraction: str) -> tuple[str, ...]:
+  primary = targets.primary_metric(target)
+  if fraction != subsets.FULL:
+    return (primary,)
+  return METRICS.get(target.kind, (primary,))
 
 
 def compare(cells: Mapping[str, Mapping[tuple, object]], references: Sequence[str], head: str,
-            labels: Mapping[str, np.ndarray], patient_ids: np.ndarray) -> list[Comparison]:
+            probe_targets: Sequence[targets.Target], test: Mapping[str, np.ndarray]
+            ) -> list[Comparison]:
   """Every comparison of the module docstring, Holm-adjusted; references not in ``cells`` are
   skipped.
 
-  ``cells``: method -> ``estimates.Evaluation.cells`` (all on the same test split, in the same
-  row order); ``labels``: target -> the test split's labels; ``patient_ids``: its patients.
+  ``cells``: method -> ``estimates.Evaluation.cells`` (all on the same test split ``test``, in
+  the same row order); ``probe_targets``: the targets the cells are of.
   """
+  by_name = targets.by_name(probe_targets)
   found = []
   for reference in dict.fromkeys(references):
     if reference not in cells:
@@ -76,18 +83,21 @@ def compare(cells: Mapping[str, Mapping[tuple, object]], references: Sequence[st
         other = cells[reference].get((h, target, fraction))
         if h != head or other is None:
           continue
-        for metric in _metrics(target, fraction):
+        spec = by_name[target]
+        for metric in _metrics(spec, fraction):
           if metric not in cell.metrics or metric not in other.metrics:
             continue
           a, b = cell.metrics[metric], other.metrics[metric]
           diff = significance.difference(a.estimate.point, a.replicates, b.estimate.point,
                                          b.replicates)
-          test = None
-          if metric == "auroc":
-            test = delong.paired(labels[target], np.stack([f.test_scores for f in cell.fits]),
-                                 np.stack([f.test_scores for f in other.fits]), patient_ids)
+          result = None
+          if metric == "auroc" and spec.kind == "binary":
+            result = delong.paired(targets.values(test, spec),
+                                   np.stack([f.test_scores for f in cell.fits]),
+                                   np.stack([f.test_scores for f in other.fits]),
+                                   test["patient_id"])
           found.append(Comparison(method, reference, target, fraction, metric, diff,
-                                  math.nan, test))
+                                  math.nan, result))
   p_holm = significance.holm([c.diff.p_value for c in found])
   with_delong = [i for i, c in enumerate(found) if c.delong is not None]
   delong_holm = significance.holm([found[i].delong.p_value for i in with_delong])
@@ -111,7 +121,7 @@ def table(comparisons: Sequence[Comparison], labels: Mapping[str, str], head_wor
   for c in comparisons:
     d = c.diff
     body.append((labels.get(c.method, c.method), labels.get(c.reference, c.reference), c.target,
-                 c.fraction, tables.METRIC_LABELS.get(c.metric, c.metric),
+                 c.fraction, tables.metric_label(c.metric),
                  tables.format_cell(d.value_a), tables.format_cell(d.value_b),
                  tables.format_cell(d.difference, d.low, d.high), tables.format_p(d.p_value),
                  tables.format_p(c.p_holm),

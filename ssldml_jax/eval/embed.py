@@ -47,16 +47,23 @@ class Encoder:
   sampling_rate: Optional[int]           # Hz the encoder was trained at (None: the dataset's)
   bandpass: Optional[tuple]
   source: str                            # names the weights; part of every cache key
+  workdir: Optional[str] = None          # the pretrain workdir (None: random init)
+  step: Optional[int] = None             # its checkpoint step
   seed: int = 0                          # the seed it was pretrained (or initialised) with
+
+
+@functools.lru_cache(maxsize=8)
+def _init_fn(module: Any) -> Callable:
+  """The jitted initialisation of ``module`` (compiled once per architecture)."""
+  # The encoder pools over time, so its parameters do not depend on the length used here.
+  x = jnp.zeros((2, 256, 12), jnp.float32)
+  return jax.jit(lambda k: module.init({"params": k}, x, train=False))
 
 
 def random_encoder(config: ml_collections.ConfigDict, seed: int) -> Encoder:
   """``config.model`` with freshly initialised weights: the "random encoder" baseline."""
   module = models.build_encoder(config.model, bn_axis_name=None)
-  # The encoder pools over time, so its parameters do not depend on the length used here.
-  x = jnp.zeros((2, 256, 12), jnp.float32)
-  variables = jax.jit(lambda k: module.init({"params": k}, x, train=False))(
-      jax.random.PRNGKey(seed))
+  variables = _init_fn(module)(jax.random.PRNGKey(seed))
   variables = jax.tree.map(np.asarray, dict(variables))
   model = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
   return Encoder(module=module, variables=variables, model_config=config.model,
@@ -76,10 +83,12 @@ def pretrained_encoder(workdir: str) -> Encoder:
   except (FileNotFoundError, checkpoint.CheckpointError) as e:
     raise cli.ConfigError(f"config.encoder_workdir={workdir!r}: {e}") from None
   meta = checkpoint.latest_readable_meta(workdir) or {}
+  step = meta.get("step")
   return Encoder(module=module, variables=jax.tree.map(np.asarray, dict(variables)),
                  model_config=pre_config.model, sampling_rate=pre_config.data.sampling_rate,
                  bandpass=pre_config.data.bandpass,
-                 source=f"{workdir} step {meta.get('step', '?')}", seed=int(pre_config.seed))
+                 source=f"{workdir} step {'?' if step is None else step}", workdir=workdir,
+                 step=None if step is None else int(step), seed=int(pre_config.seed))
 
 
 def load_encoder(config: ml_collections.ConfigDict) -> Encoder:
@@ -114,6 +123,24 @@ def make_embed_fn(module: Any) -> Callable:
   """
   return jax.pmap(lambda variables, ecg: module.apply(variables, ecg, train=False),
                   axis_name=parallel.AXIS)
+
+
+def embed_array(embed_fn: Callable, replicated: Any, ecg: np.ndarray,
+                per_device: int) -> np.ndarray:
+  """Embeddings ``(n, d)`` float32 of ECGs ``(n, T, 12)`` (model input), in padded batches of
+  ``per_device`` x the local devices (one compiled shape); ``replicated``: the encoder's
+  variables from ``parallel.replicate``."""
+  n_dev = jax.local_device_count()
+  size = n_dev * per_device
+  out = []
+  for lo in range(0, ecg.shape[0], size):
+    chunk = np.asarray(ecg[lo:lo + size], np.float32)
+    padded = np.pad(chunk, ((0, size - chunk.shape[0]), (0, 0), (0, 0)))
+    x = jax.device_put(padded.reshape((n_dev, per_device) + padded.shape[1:]),
+                       parallel.device_sharding())
+    emb = np.asarray(embed_fn(replicated, x))
+    out.append(emb.reshape(size, emb.shape[-1])[:chunk.shape[0]])
+  return np.concatenate(out).astype(np.float32)
 
 
 def _allgather_text(values: np.ndarray) -> np.ndarray:

@@ -18,13 +18,15 @@ same arrays) counts once.
   a single pretraining seed.
 - Subgroups (the primary head, 100% of labels): the same within each sex and age band (age at
   the patient's first ECG), and tests of equal metric between the groups of each kind
-  (``subgroups.compare_groups``: DeLong for AUROC, an independent-groups bootstrap otherwise).
-- The binary target's 100% cell also gets a ``majority_accuracy`` row: the accuracy of always
+  (``subgroups.compare_groups``: DeLong for the AUROC of a binary target, an independent-groups
+  bootstrap otherwise; ``test_metric_names``).
+- A binary target's 100% cell also gets a ``majority_accuracy`` row: the accuracy of always
   answering the test split's majority class, the floor for the thresholded accuracies.
 
 The bootstrap code scores one "score" vector; to average fits it is handed the row index of each
-test ECG, and each metric looks up every fit's scores by that index (so resampling or regrouping
-rows moves all fits' predictions together).
+test ECG as label and score, and each metric looks up the labels and every fit's scores by that
+index (so resampling or regrouping rows moves all fits' predictions together, and a target with
+a label vector per ECG goes through the same code).
 
 ``fit_records`` gives each fit's own test metrics (the numbers behind a cell).
 """
@@ -32,7 +34,7 @@ rows moves all fits' predictions together).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -79,45 +81,51 @@ def unique_fits(fits: Sequence[Fit]) -> list[Fit]:
   return out
 
 
-def seed_mean_metrics(fits: Sequence[Fit],
-                      names: Sequence[str]) -> dict[str, metrics_lib.MetricFn]:
-  """Metrics of the fits' mean, called with the test ROW INDEX as the score (module docstring)."""
-  per_fit = [(targets.metric_fns(f.target, f.threshold, names), f.test_scores) for f in fits]
+def seed_mean_metrics(fits: Sequence[Fit], names: Sequence[str], target: targets.Target,
+                      y: np.ndarray) -> dict[str, metrics_lib.MetricFn]:
+  """Metrics of the fits' mean, called with the test ROW INDEX as label and score (module
+  docstring); ``y``: the test labels (``targets.values``)."""
+  per_fit = [(targets.metric_fns(target, f.threshold, names), f.test_scores) for f in fits]
 
   def make(name):
-    def fn(y, index, weights):
+    def fn(_, index, weights):
       rows = np.asarray(index).astype(np.int64)
-      return np.mean([m[name](y, s[rows], weights) for m, s in per_fit], axis=0)
+      return np.mean([m[name](y[rows], s[rows], weights) for m, s in per_fit], axis=0)
     return fn
 
   return {name: make(name) for name in names}
 
 
-def pretrain_sd(fits: Sequence[Fit], names: Sequence[str], y, index) -> dict[str, float]:
-  """SD over pretraining seeds of each seed's mean metric on the full rows (NaN with one seed)."""
+def pretrain_sd(fits: Sequence[Fit], names: Sequence[str], target: targets.Target, y: np.ndarray,
+                index: np.ndarray) -> dict[str, float]:
+  """SD over pretraining seeds of each seed's mean metric on the rows ``index`` (NaN with one
+  seed)."""
   seeds = sorted({f.pretrain_seed for f in fits})
   if len(seeds) < 2:
     return {name: float("nan") for name in names}
   ones = np.ones((1, len(index)))
   per_seed = []
   for seed in seeds:
-    fns = seed_mean_metrics([f for f in fits if f.pretrain_seed == seed], names)
-    per_seed.append({name: float(fn(y, index, ones)[0]) for name, fn in fns.items()})
+    fns = seed_mean_metrics([f for f in fits if f.pretrain_seed == seed], names, target, y)
+    per_seed.append({name: float(fn(index, index, ones)[0]) for name, fn in fns.items()})
   return {name: float(np.std([v[name] for v in per_seed], ddof=1)) for name in names}
 
 
-def cell_metrics(fits: Sequence[Fit], names: Sequence[str], y, index, patient_ids, *,
-                 n_bootstrap: int) -> dict[str, MetricCell]:
-  """Every metric of ``names`` for the mean of ``fits`` on the rows ``index`` of the test split."""
-  fns = seed_mean_metrics(fits, names)
-  values = bootstrap.resample_values(fns, y, index, patient_ids, n_resamples=n_bootstrap,
+def cell_metrics(fits: Sequence[Fit], target: targets.Target, y: np.ndarray, index: np.ndarray,
+                 patient_ids, *, n_bootstrap: int,
+                 names: Optional[Sequence[str]] = None) -> dict[str, MetricCell]:
+  """Every metric (``names``, default the target's) of the mean of ``fits`` on the rows ``index``
+  of the test split, whose labels are ``y``."""
+  names = tuple(names or targets.metric_names(target))
+  fns = seed_mean_metrics(fits, names, target, y)
+  values = bootstrap.resample_values(fns, index, index, patient_ids, n_resamples=n_bootstrap,
                                      seed=BOOTSTRAP_SEED)
   _, num_patients = bootstrap.patient_index(patient_ids)
   ones = np.ones((1, len(index)))
-  sds = pretrain_sd(fits, names, y, index)
+  sds = pretrain_sd(fits, names, target, y, index)
   return {name: MetricCell(
-      estimate=bootstrap.estimate(float(fn(y, index, ones)[0]), values[name], n_ecgs=len(index),
-                                  n_patients=num_patients),
+      estimate=bootstrap.estimate(float(fn(index, index, ones)[0]), values[name],
+                                  n_ecgs=len(index), n_patients=num_patients),
       replicates=values[name], sd=sds[name]) for name, fn in fns.items()}
 
 
@@ -130,21 +138,33 @@ def subgroups_of(test: dict) -> dict[str, np.ndarray]:
   return {"sex": sex, "age": age}
 
 
+def test_metric_names(config: ml_collections.ConfigDict, target: targets.Target) -> tuple:
+  """The metrics compared between subgroups: ``probe.binary_test_metrics`` /
+  ``regression_test_metrics`` by kind, the primary metric for the other kinds."""
+  p = config.probe
+  if target.kind in ("binary", "regression"):
+    return tuple(p.binary_test_metrics if target.kind == "binary" else p.regression_test_metrics)
+  return (targets.primary_metric(target),)
+
+
 def _row(name: str, target: str, metric: str, cell: MetricCell, **kwargs) -> tables.Row:
   return tables.Row.from_estimate(name, target, metric, cell.estimate, sd=cell.sd, **kwargs)
 
 
-def _majority_row(name: str, y, index, pids, n_bootstrap: int) -> tables.Row:
-  fn = {MAJORITY: metrics_lib.majority_accuracy_batch}
-  est = bootstrap.bootstrap_ci(fn, y, index, pids, n_resamples=n_bootstrap, seed=BOOTSTRAP_SEED)
-  return tables.Row.from_estimate(name, "binary", MAJORITY, est[MAJORITY])
+def _majority_row(name: str, target: str, y, index, pids, n_bootstrap: int) -> tables.Row:
+  fn = {MAJORITY: lambda _, rows, w: metrics_lib.majority_accuracy_batch(
+      y[np.asarray(rows).astype(np.int64)], None, w)}
+  est = bootstrap.bootstrap_ci(fn, index, index, pids, n_resamples=n_bootstrap,
+                               seed=BOOTSTRAP_SEED)
+  return tables.Row.from_estimate(name, target, MAJORITY, est[MAJORITY])
 
 
-def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
-             name: str) -> Evaluation:
-  """Rows, subgroup tests and cells of one method from all its fits (every replicate)."""
+def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict, name: str,
+             probe_targets: Optional[Sequence[targets.Target]] = None) -> Evaluation:
+  """Rows, subgroup tests and cells of one method from all its fits (every replicate);
+  ``probe_targets``: as ``fitting.fit_all`` took them."""
   p = config.probe
-  threshold = float(config.task.pcwp_threshold)
+  by_name = targets.by_name(probe_targets or targets.from_config(config))
   index = np.arange(len(test["ecg_id"]), dtype=np.float64)
   pids = test["patient_id"]
   groups = subgroups_of(test)
@@ -153,25 +173,26 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
   for head, target, fraction in keys:
     chosen = unique_fits([f for f in fits if (f.head, f.target, f.fraction) ==
                           (head, target, fraction)])
-    y = targets.values(test, target, threshold)
-    names = targets.metric_names(target)
-    metric_cells = cell_metrics(chosen, names, y, index, pids, n_bootstrap=p.n_bootstrap)
+    spec = by_name[target]
+    y = targets.values(test, spec)
+    metric_cells = cell_metrics(chosen, spec, y, index, pids, n_bootstrap=p.n_bootstrap)
     cells[head, target, fraction] = Cell(head, target, fraction, chosen, metric_cells)
     rows += [(head, _row(name, target, metric, c, fraction=fraction))
              for metric, c in metric_cells.items()]
     if fraction != subsets.FULL:
       continue
-    if target == "binary":
-      rows.append((head, _majority_row(name, y, index, pids, p.n_bootstrap)))
+    if spec.kind == "binary":
+      rows.append((head, _majority_row(name, target, y, index, pids, p.n_bootstrap)))
     if head != p.primary_head:
       continue
-    test_names = tuple(p.binary_test_metrics if target == "binary" else p.regression_test_metrics)
-    fns = seed_mean_metrics(chosen, names)
-    scores = np.stack([f.test_scores for f in chosen])
+    test_names = test_metric_names(config, spec)
+    fns = seed_mean_metrics(chosen, test_names, spec, y)
+    # DeLong needs the labels and every fit's scores, not the row-index stand-ins.
+    scores = np.stack([f.test_scores for f in chosen]) if spec.kind == "binary" else None
     for kind, g in groups.items():
       for group in subgroups.group_order(g):
         m = g == group
-        for metric, c in cell_metrics(chosen, names, y[m], index[m], pids[m],
+        for metric, c in cell_metrics(chosen, spec, y, index[m], pids[m],
                                       n_bootstrap=p.n_bootstrap).items():
           rows.append((head, _row(name, target, metric, c, group=group)))
       unknown = SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN
@@ -179,20 +200,22 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
       pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1:]]
       if not test_names or not pairs:
         continue
-      results = subgroups.compare_groups({m: fns[m] for m in test_names}, y, index, pids, g,
-                                         pairs=pairs, fits_scores=scores,
+      results = subgroups.compare_groups(fns, index, index, pids, g, pairs=pairs,
+                                         labels=y, fits_scores=scores,
                                          n_resamples=p.n_bootstrap, seed=BOOTSTRAP_SEED,
                                          mixed="majority")
       tests += [(head, target, r) for r in results]
   return Evaluation(rows, tests, cells)
 
 
-def fit_records(fits: Sequence[Fit], test: dict, threshold: float) -> list[dict]:
+def fit_records(fits: Sequence[Fit], test: dict,
+                probe_targets: Sequence[targets.Target]) -> list[dict]:
   """One JSON-able record per fit with its own test metrics (the per-seed numbers)."""
+  by_name = targets.by_name(probe_targets)
   out = []
   for f in fits:
-    y = targets.values(test, f.target, threshold)
-    fns = targets.metric_fns(f.target, f.threshold)
+    y = targets.values(test, by_name[f.target])
+    fns = targets.metric_fns(by_name[f.target], f.threshold)
     values = {k: float(fn(y, f.test_scores, None)[0]) for k, fn in fns.items()}
     out.append(dict(head=f.head, target=f.target, fraction=f.fraction, seed=f.seed,
                     pretrain_seed=f.pretrain_seed, n_train=f.n_train, n_validation=f.n_validation,

@@ -5,9 +5,9 @@ the head from a seeded initialisation; both are trained together under ``pmap`` 
 devices with BatchNorm statistics averaged over the ``parallel.AXIS`` axis (so every device
 normalises with the global batch and keeps the same running averages) and gradients averaged
 with ``parallel.pmean``. Targets and early stopping follow ``head_training``, as in ``mlp_probe``:
-BCE or MSE on the standardised mPCWP, validation AUROC / RMSE after every ``eval_every_steps``
-steps, the best parameters copied to host memory when they are found, and a non-finite step
-skipped.
+BCE or MSE on the standardised mPCWP (or the loss of any probe target), validation AUROC / RMSE
+after every ``eval_every_steps`` steps, the best parameters copied to host memory when they are
+found, and a non-finite step skipped.
 
 The labeled splits are small (thousands of ECGs), so they are read once into host memory
 (``pipeline.read_split``, every ECG exactly once, in the pipeline's order) and minibatches of any
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,33 +28,29 @@ import numpy as np
 import optax
 
 from ssldml_jax import cli, models, parallel
-from ssldml_jax.eval import embed, head_training, metrics as metrics_lib, targets
+from ssldml_jax.eval import embed, head_training, targets
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(head_training.HeadSettings):
+  """Fine-tuning's ``HeadSettings`` and its batch per device (``config.probe.finetune``; its
+  ``seeds`` are the caller's business). ``dropout`` is the head's; the encoder keeps its own."""
   learning_rate: float = 1e-4
-  weight_decay: float = 1e-4
-  per_device_batch_size: int = 64
-  max_steps: int = 2000          # rounded up to whole blocks of eval_every_steps
+  max_steps: int = 2000
   eval_every_steps: int = 100
   patience: int = 5
-  dropout: float = 0.3           # the head's, as the paper's MLP probe; the encoder's is its own
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> "FinetuneSettings":
-    """From ``config.probe.finetune`` (its ``seeds`` are the caller's business)."""
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
+  per_device_batch_size: int = 64
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(model_json: str, task: str, learning_rate: float, weight_decay: float,
+def _compiled(model_json: str, task: str, width: int, learning_rate: float, weight_decay: float,
               dropout: float):
   """Modules, optimiser and the pmapped train / predict steps of one architecture and task."""
   model_config = ml_collections.ConfigDict(json.loads(model_json))
   encoder = models.build_encoder(model_config, bn_axis_name=parallel.AXIS)
   dtype = models.DTYPES[model_config.dtype]
-  head = models.ProbeHead(out_dim=1, dropout=dropout, bn_axis_name=parallel.AXIS, dtype=dtype)
+  head = models.ProbeHead(out_dim=head_training.out_dim(task, width), dropout=dropout,
+                          bn_axis_name=parallel.AXIS, dtype=dtype)
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
   def forward(params, stats, x, key, train):
@@ -63,12 +59,12 @@ def _compiled(model_json: str, task: str, learning_rate: float, weight_decay: fl
     if not train:
       emb = encoder.apply(variables, x, train=False)
       return head.apply({"params": params["head"], "batch_stats": stats["head"]}, emb,
-                        train=False).reshape(-1), stats
+                        train=False), stats
     emb, enc_upd = encoder.apply(variables, x, train=True, rngs={"dropout": k_enc},
                                  mutable=["batch_stats"])
     out, head_upd = head.apply({"params": params["head"], "batch_stats": stats["head"]}, emb,
                                train=True, rngs={"dropout": k_head}, mutable=["batch_stats"])
-    return out.reshape(-1), {"encoder": enc_upd["batch_stats"], "head": head_upd["batch_stats"]}
+    return out, {"encoder": enc_upd["batch_stats"], "head": head_upd["batch_stats"]}
 
   def train_step(params, stats, opt_state, x, y, key, step):
     key = parallel.device_key(key, step)
@@ -103,7 +99,8 @@ def _compiled(model_json: str, task: str, learning_rate: float, weight_decay: fl
 
 
 def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> np.ndarray:
-  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches."""
+  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches: (n,) for one
+  output, else (n, K)."""
   n_dev = jax.local_device_count()
   size = n_dev * per_device
   out = []
@@ -112,8 +109,22 @@ def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> 
     padded = np.pad(chunk, ((0, size - chunk.shape[0]), (0, 0), (0, 0)))
     x = jax.device_put(padded.reshape((n_dev, per_device) + padded.shape[1:]),
                        parallel.device_sharding())
-    out.append(np.asarray(p_predict(p_params, p_stats, x)).reshape(-1)[:chunk.shape[0]])
-  return np.concatenate(out).astype(np.float64)
+    value = np.asarray(p_predict(p_params, p_stats, x))
+    out.append(value.reshape((size,) + value.shape[2:])[:chunk.shape[0]])
+  return head_training.scores_of(np.concatenate(out).astype(np.float64))
+
+
+def predict_scores(model_config: ml_collections.ConfigDict, variables: dict,
+                   output: head_training.OutputMap, ecg: np.ndarray, *, width: int,
+                   per_device_batch_size: int) -> np.ndarray:
+  """Scores of a fine-tuned model (``HeadResult.best_variables``, its output map) for raw ECGs
+  ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training."""
+  model_json = model_config.to_json(sort_keys=True)
+  # The optimiser and dropout rate do not enter a prediction.
+  _, _, _, _, p_predict, _ = _compiled(model_json, output.task, width, 0.0, 0.0, 0.0)
+  p_params = parallel.replicate(variables["params"])
+  p_stats = parallel.replicate(variables["batch_stats"])
+  return output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
 
 
 def require_single_process() -> None:
@@ -125,24 +136,30 @@ def require_single_process() -> None:
 
 
 def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict] = None, *,
-             task: str, seed: int = 0, settings: FinetuneSettings = FinetuneSettings(),
-             pcwp_threshold: float = 18.0,
+             task: Union[str, targets.Target], seed: int = 0,
+             settings: FinetuneSettings = FinetuneSettings(), pcwp_threshold: float = 18.0,
              threshold_criterion: str = "f1") -> head_training.HeadResult:
-  """Fine-tunes encoder + head on ``train`` (``pipeline.read_split`` arrays, possibly a subset);
-  the labels of ``task`` (a probe target) come from ``targets.values``."""
-  head_training.check_task(task)
+  """Fine-tunes encoder + head on ``train`` (``pipeline.read_split`` arrays with the target's
+  feature, possibly a subset). ``task``: a probe target, or the spec of one of mPCWP's
+  (``'binary'``: > ``pcwp_threshold``, ``'regression'``); its labels come from
+  ``targets.values``."""
+  target = task if isinstance(task, targets.Target) else targets.parse(task, pcwp_threshold)
+  task, width = target.kind, target.width
 
   def labels(split: dict, name: str) -> np.ndarray:
-    pcwp = metrics_lib.check_scores(f"{name} pcwp", split["pcwp"])
-    return head_training.check_targets(task, name, targets.values(split, task, pcwp_threshold),
-                                       pcwp.size)
+    known = targets.known(split, target)
+    if not known.all():
+      raise ValueError(f"{name}: {int((~known).sum())} ECG(s) without a {target.name} label")
+    return head_training.check_targets(task, name, targets.values(split, target), known.size,
+                                       width)
 
   y_train, y_val = labels(train, "train"), labels(val, "validation")
   t_train, to_score = head_training.loss_targets(task, y_train)
 
   s = settings
   model_json = encoder.model_config.to_json(sort_keys=True)
-  _, _, tx, p_train, p_predict, init_head = _compiled(model_json, task, float(s.learning_rate),
+  _, _, tx, p_train, p_predict, init_head = _compiled(model_json, task, width,
+                                                      float(s.learning_rate),
                                                       float(s.weight_decay), float(s.dropout))
   key = jax.random.PRNGKey(seed)
   head_key, run_key = jax.random.split(key)
@@ -157,7 +174,7 @@ def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict
 
   n_dev = jax.local_device_count()
   stream = head_training.index_stream(train["ecg"].shape[0], seed)
-  stopper = head_training.Stopper(higher_is_better=task == "binary", patience=s.patience)
+  stopper = head_training.Stopper(higher_is_better=target.higher_is_better, patience=s.patience)
   best = head_training.host_copy(parallel.unreplicate((p_params, p_stats)))
   step, skipped = 0, 0
   sharding = parallel.device_sharding()
@@ -185,7 +202,7 @@ def finetune(encoder: embed.Encoder, train: dict, val: dict, test: Optional[dict
   return head_training.head_result(
       task, y_val=y_val, val_scores=val_scores, test_scores=test_scores, stopper=stopper,
       steps_run=step, best=best, final=final, n_train=train["ecg"].shape[0],
-      threshold_criterion=threshold_criterion)
+      threshold_criterion=threshold_criterion, output=to_score)
 
 
 def subset(split: dict, indices: np.ndarray) -> dict:

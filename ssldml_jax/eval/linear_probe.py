@@ -11,6 +11,10 @@ Protocol (the same for every encoder, so that rows of a table are comparable):
   is then chosen on the validation scores (``metrics.choose_threshold``).
 - Regression target (mPCWP, mmHg): ridge regression (scikit-learn); alpha chosen by validation
   RMSE, ties to the larger alpha.
+- Multi-label target (K labels): one logistic probe per label as above, each with its own C and
+  threshold chosen on that label's validation AUROC and scores (``multilabel_probe``).
+- Multi-class target (K classes): multinomial logistic regression (softmax); C chosen by
+  validation macro-AUROC (one-vs-rest), ties to the smaller C (``multiclass_probe``).
 - The model kept is the one fit on the training split with the chosen value; validation data
   never enters the fit.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -46,30 +50,45 @@ def fit_standardizer(x_train) -> Standardizer:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
-  """A fitted probe with its validation search and its predictions on validation and test."""
-  task: str                         # 'binary' | 'regression'
+  """A fitted probe with its validation search and its predictions on validation and test.
+
+  Multi-label probes hold one value per label in ``hyper``, ``val_criterion`` and ``threshold``
+  and a column per label in ``coef``; multi-class probes a column per class.
+  """
+  task: str                         # 'binary' | 'regression' | 'multilabel' | 'multiclass'
   hyper_name: str                   # 'C' (logistic) | 'alpha' (ridge)
-  hyper: float                      # the chosen value
+  hyper: Any                        # the chosen value (multilabel: one per label)
   grid: tuple                       # values tried
-  val_criterion: tuple              # validation AUROC (binary) or RMSE (regression) per value
-  val_scores: np.ndarray            # probabilities (binary) or mmHg (regression)
+  val_criterion: tuple              # validation AUROC / RMSE / macro-AUROC per value
+  val_scores: np.ndarray            # probabilities (binary) or mmHg (regression); (n, K) multi
   test_scores: Optional[np.ndarray]
-  threshold: Optional[float]        # binary: chosen on validation; regression: None
-  coef: np.ndarray                  # on standardised embeddings
-  intercept: float
+  threshold: Any                    # binary: chosen on validation; multilabel: per label
+  coef: np.ndarray                  # on standardised embeddings: (d,) or (d, K)
+  intercept: Any                    # float or (K,)
   standardizer: Standardizer
   n_train: int
   notes: tuple = ()                 # e.g. grid values at which the solver did not converge
 
   def predict(self, x) -> np.ndarray:
     """Scores for new embeddings, on the same scale as ``val_scores``."""
-    z = self.standardizer(_check_embeddings("x", x, self.coef.size)) @ self.coef + self.intercept
-    return _sigmoid(z) if self.task == "binary" else z
+    z = self.standardizer(_check_embeddings("x", x, self.coef.shape[0])) @ self.coef
+    return scores(self.task, z + self.intercept)
 
   @property
   def raw_coef(self) -> np.ndarray:
     """Coefficients on the original embedding scale (per unit of each dimension)."""
-    return self.coef / self.standardizer.scale
+    return (self.coef.T / self.standardizer.scale).T
+
+
+def scores(task: str, z: np.ndarray) -> np.ndarray:
+  """A linear probe's scores from its linear outputs ``z``: probabilities (sigmoid; softmax for
+  a multi-class probe) or the regression value itself."""
+  if task in ("binary", "multilabel"):
+    return _sigmoid(z)
+  if task == "multiclass":
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+  return z
 
 
 def logistic_probe(x_train, y_train, x_val, y_val, x_test=None, *,
@@ -140,6 +159,88 @@ def ridge_probe(x_train, y_train, x_val, y_val, x_test=None, *,
       val_criterion=tuple(criterion), val_scores=z_val @ coef + intercept,
       test_scores=None if x_test is None else std(x_test) @ coef + intercept, threshold=None,
       coef=coef, intercept=intercept, standardizer=std, n_train=int(x_train.shape[0]))
+
+
+def multilabel_probe(x_train, y_train, x_val, y_val, x_test=None, *, labels: Sequence[str],
+                     grid: Sequence[float] = DEFAULT_C_GRID, threshold_criterion: str = "f1",
+                     max_iter: int = 2000) -> ProbeResult:
+  """One ``logistic_probe`` per label (column of the bool ``y`` (n, K)); see the module doc."""
+  y_train, y_val = np.asarray(y_train), np.asarray(y_val)
+  if y_train.ndim != 2 or y_train.shape[1] != len(labels) or y_val.shape[1:] != y_train.shape[1:]:
+    raise ValueError(f"y_train {y_train.shape} and y_val {y_val.shape}: expected (n, "
+                     f"{len(labels)}) multi-hot labels")
+  fits = []
+  for k, label in enumerate(labels):
+    try:
+      fits.append(logistic_probe(x_train, y_train[:, k], x_val, y_val[:, k], x_test, grid=grid,
+                                 threshold_criterion=threshold_criterion, max_iter=max_iter))
+    except ValueError as e:
+      raise ValueError(f"label {label}: {e}") from None
+  first = fits[0]
+  stack = lambda key: np.stack([getattr(f, key) for f in fits], axis=-1)  # noqa: E731
+  return ProbeResult(
+      task="multilabel", hyper_name="C", hyper=tuple(f.hyper for f in fits), grid=first.grid,
+      val_criterion=tuple(f.val_criterion for f in fits), val_scores=stack("val_scores"),
+      test_scores=None if x_test is None else stack("test_scores"),
+      threshold=tuple(f.threshold for f in fits), coef=stack("coef"),
+      intercept=np.array([f.intercept for f in fits]), standardizer=first.standardizer,
+      n_train=first.n_train,
+      notes=tuple(f"{label}: {n}" for label, f in zip(labels, fits) for n in f.notes))
+
+
+def multiclass_probe(x_train, y_train, x_val, y_val, x_test=None, *, classes: Sequence[str],
+                     grid: Sequence[float] = DEFAULT_C_GRID,
+                     max_iter: int = 2000) -> ProbeResult:
+  """Softmax logistic regression on class indices ``y`` in 0..K-1; C by validation
+  macro-AUROC (see the module doc)."""
+  from sklearn.exceptions import ConvergenceWarning
+  from sklearn.linear_model import LogisticRegression
+
+  from ssldml_jax.eval import label_metrics
+
+  x_train, x_val, x_test = _check_splits(x_train, x_val, x_test)
+  width = len(classes)
+  for name, y, x in (("y_train", y_train, x_train), ("y_val", y_val, x_val)):
+    y = np.asarray(y)
+    if y.shape != (x.shape[0],):
+      raise ValueError(f"{name}: expected {x.shape[0]} class indices, got shape {y.shape}")
+    absent = [c for k, c in enumerate(classes) if not np.any(y == k)]
+    if absent:
+      raise ValueError(f"{name}: no example of class(es) {', '.join(absent)} among {y.size} "
+                       "labels; a multi-class probe needs every class")
+  macro_auroc = label_metrics.multiclass_metric_fns(classes, ("macro_auroc",))["macro_auroc"]
+  std = fit_standardizer(x_train)
+  z_train, z_val = std(x_train), std(x_val)
+  fits, criterion, notes = [], [], []
+  model = LogisticRegression(max_iter=max_iter, warm_start=True)
+  for c in sorted(float(c) for c in grid):
+    model.set_params(C=c)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", ConvergenceWarning)
+      model.fit(z_train, np.asarray(y_train))
+    for w in caught:
+      if issubclass(w.category, ConvergenceWarning):
+        notes.append(f"C={c:g}: lbfgs did not converge in max_iter={max_iter} iterations")
+      else:
+        warnings.warn(w.message, w.category)
+    coef, intercept = model.coef_.T.copy(), model.intercept_.copy()
+    if width == 2:  # scikit-learn fits one logit; softmax([-z/2, z/2]) is the same sigmoid(z).
+      coef, intercept = np.concatenate([-coef / 2, coef / 2], axis=1), np.r_[-intercept,
+                                                                             intercept] / 2
+    fits.append((c, coef, intercept))
+    criterion.append(float(macro_auroc(np.asarray(y_val), scores("multiclass",
+                                                                 z_val @ coef + intercept),
+                                       None)[0]))
+  best = int(np.argmax(criterion))
+  c, coef, intercept = fits[best]
+  assert coef.shape == (x_train.shape[1], width)
+  return ProbeResult(
+      task="multiclass", hyper_name="C", hyper=c, grid=tuple(f[0] for f in fits),
+      val_criterion=tuple(criterion), val_scores=scores("multiclass", z_val @ coef + intercept),
+      test_scores=None if x_test is None else scores("multiclass",
+                                                     std(x_test) @ coef + intercept),
+      threshold=None, coef=coef, intercept=intercept, standardizer=std,
+      n_train=int(x_train.shape[0]), notes=tuple(notes))
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -4,8 +4,9 @@ Protocol (the same inputs as ``linear_probe``, so rows of a table are comparable
 
 - Embeddings are standardised with the TRAINING split's mean and standard deviation; a
   regression target is standardised the same way and predictions are mapped back to mmHg.
-- ``models.ProbeHead`` (Dense(128) -> BatchNorm -> ReLU -> Dropout(0.3) -> Dense(1)); AdamW;
-  binary cross-entropy on mPCWP > threshold, or mean squared error for mPCWP.
+- ``models.ProbeHead`` (Dense(128) -> BatchNorm -> ReLU -> Dropout(0.3) -> Dense(1), or one
+  output per label / class); AdamW; binary cross-entropy on mPCWP > threshold, mean squared
+  error for mPCWP, per-label BCE (multi-label) or softmax cross-entropy (multi-class).
 - Minibatches are drawn from consecutive shuffles of the training rows (a small label fraction
   simply repeats rows within a batch), so every batch has the same shape and one compiled call
   runs ``eval_every_steps`` steps.
@@ -28,7 +29,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -39,20 +39,10 @@ _PREDICT_CHUNK = 512  # rows per compiled prediction call (padded), one shape fo
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPSettings:
+class MLPSettings(head_training.HeadSettings):
+  """The MLP probe's ``HeadSettings`` and its width and batch size (``config.probe.mlp``)."""
   hidden_dim: int = 128
-  dropout: float = 0.3
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-4
   batch_size: int = 64
-  max_steps: int = 3000          # rounded up to whole blocks of eval_every_steps
-  eval_every_steps: int = 50
-  patience: int = 10
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> "MLPSettings":
-    """From ``config.probe.mlp``."""
-    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
 
 def check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
@@ -66,11 +56,12 @@ def check_embeddings(name: str, x, dim: Optional[int] = None) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(task: str, hidden_dim: int, dropout: float, learning_rate: float,
+def _compiled(task: str, width: int, hidden_dim: int, dropout: float, learning_rate: float,
               weight_decay: float):
   """The head, its optimiser and the jitted block / predict functions (shared by every fit with
   the same settings, so a table of probes compiles once per task)."""
-  head = models.ProbeHead(out_dim=1, hidden_dim=hidden_dim, dropout=dropout)
+  head = models.ProbeHead(out_dim=head_training.out_dim(task, width), hidden_dim=hidden_dim,
+                          dropout=dropout)
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
   def train_step(carry, inputs):
@@ -95,7 +86,7 @@ def _compiled(task: str, hidden_dim: int, dropout: float, learning_rate: float,
 
   @jax.jit
   def predict(params, stats, x):
-    return head.apply({"params": params, "batch_stats": stats}, x, train=False).reshape(-1)
+    return head.apply({"params": params, "batch_stats": stats}, x, train=False)
 
   @jax.jit
   def init(key, x):
@@ -105,33 +96,45 @@ def _compiled(task: str, hidden_dim: int, dropout: float, learning_rate: float,
 
 
 def _predict(predict, params, stats, x: np.ndarray) -> np.ndarray:
-  """Outputs for every row of ``x`` in fixed-size padded chunks (one compiled shape)."""
+  """Outputs for every row of ``x`` in fixed-size padded chunks (one compiled shape): (n,) for
+  one output, else (n, K)."""
   out = []
   for lo in range(0, x.shape[0], _PREDICT_CHUNK):
     chunk = x[lo:lo + _PREDICT_CHUNK]
     pad = _PREDICT_CHUNK - chunk.shape[0]
     padded = np.pad(chunk, ((0, pad), (0, 0)))
     out.append(np.asarray(predict(params, stats, padded))[:chunk.shape[0]])
-  return np.concatenate(out).astype(np.float64)
+  return head_training.scores_of(np.concatenate(out).astype(np.float64))
+
+
+def predict_scores(variables: dict, standardizer: linear_probe.Standardizer,
+                   output: head_training.OutputMap, x, *, width: int, hidden_dim: int,
+                   dropout: float) -> np.ndarray:
+  """Scores of a trained head (``HeadResult.best_variables``, its embedding standardiser and
+  output map) for embeddings ``x``, computed as in training."""
+  _, _, _, predict, _ = _compiled(output.task, width, hidden_dim, float(dropout), 0.0, 0.0)
+  z = standardizer(check_embeddings("x", x, standardizer.mean.size)).astype(np.float32)
+  return output(_predict(predict, variables["params"], variables["batch_stats"], z))
 
 
 def train_mlp_probe(x_train, y_train, x_val, y_val, x_test=None, *, task: str, seed: int = 0,
-                    settings: MLPSettings = MLPSettings(),
-                    threshold_criterion: str = "f1") -> head_training.HeadResult:
-  """Fits the MLP head (see the module docstring); ``y`` are 0/1 labels or mmHg."""
+                    settings: MLPSettings = MLPSettings(), threshold_criterion: str = "f1",
+                    width: int = 1) -> head_training.HeadResult:
+  """Fits the MLP head (see the module docstring); ``y`` are 0/1 labels, mmHg, (n, width)
+  multi-hot labels or class indices in 0..width-1."""
   head_training.check_task(task)
   x_train = check_embeddings("x_train", x_train)
   x_val = check_embeddings("x_val", x_val, x_train.shape[1])
   x_test = None if x_test is None else check_embeddings("x_test", x_test, x_train.shape[1])
-  y_train = head_training.check_targets(task, "y_train", y_train, x_train.shape[0])
-  y_val = head_training.check_targets(task, "y_val", y_val, x_val.shape[0])
+  y_train = head_training.check_targets(task, "y_train", y_train, x_train.shape[0], width)
+  y_val = head_training.check_targets(task, "y_val", y_val, x_val.shape[0], width)
   std = linear_probe.fit_standardizer(x_train)
   z_train, z_val = std(x_train).astype(np.float32), std(x_val).astype(np.float32)
   z_test = None if x_test is None else std(x_test).astype(np.float32)
   t_train, to_score = head_training.loss_targets(task, y_train)
 
   s = settings
-  _, tx, train_block, predict, init = _compiled(task, s.hidden_dim, float(s.dropout),
+  _, tx, train_block, predict, init = _compiled(task, width, s.hidden_dim, float(s.dropout),
                                                 float(s.learning_rate), float(s.weight_decay))
   key = jax.random.PRNGKey(seed)
   init_key, dropout_key = jax.random.split(key)
@@ -143,7 +146,7 @@ def train_mlp_probe(x_train, y_train, x_val, y_val, x_test=None, *, task: str, s
   params, stats, opt_state = jax.tree.map(jnp.array, (params, stats, opt_state))
 
   stream = head_training.index_stream(z_train.shape[0], seed)
-  stopper = head_training.Stopper(higher_is_better=task == "binary", patience=s.patience)
+  stopper = head_training.Stopper(higher_is_better=task != "regression", patience=s.patience)
   best = head_training.host_copy((params, stats))
   step = 0
   # Whole blocks only (max_steps rounds up): a shorter last block would compile a second shape.
@@ -162,4 +165,4 @@ def train_mlp_probe(x_train, y_train, x_val, y_val, x_test=None, *, task: str, s
   return head_training.head_result(
       task, y_val=y_val, val_scores=val_scores, test_scores=test_scores, stopper=stopper,
       steps_run=step, best=best, final=final, n_train=z_train.shape[0],
-      threshold_criterion=threshold_criterion)
+      threshold_criterion=threshold_criterion, output=to_score, standardizer=std)

@@ -15,20 +15,27 @@ split); a mismatch is an error naming the probe, never a silent misalignment.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from ssldml_jax.eval import embed, estimates, probe_files, subsets
+from ssldml_jax.eval import embed, estimates, probe_files, subsets, targets
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
 
-def labeled_split(outcome: ProbeOutcome, split: str, role: str) -> dict:
-  """A split's labeled rows as a probe embedded them (its embeddings cache), embeddings dropped."""
+def labeled_split(outcome: ProbeOutcome, builder, split: str, role: str,
+                  probe_targets: Sequence[targets.Target]) -> dict:
+  """A split's rows with known labels as a probe embedded them (its embeddings cache, embeddings
+  dropped), with the label features of ``probe_targets`` that the cache does not carry."""
+  from ssldml_jax.eval import probe_lib
+
   arrays = embed.load_npz(outcome.embeddings_path(split))
-  return subsets.labeled({k: arrays[k] for k in embed.FIELDS if k != "embedding"}, role)
+  arrays = {k: arrays[k] for k in embed.FIELDS if k != "embedding"}
+  extra = tuple(dict.fromkeys(t.feature for t in probe_targets if t.feature not in arrays))
+  return subsets.labeled(probe_lib.with_features(arrays, builder, split, extra), role,
+                         probe_targets)
 
 
 def pooled_fits(outcomes: Sequence[ProbeOutcome], test_ecg_id: np.ndarray) -> list:
@@ -44,21 +51,22 @@ def pooled_fits(outcomes: Sequence[ProbeOutcome], test_ecg_id: np.ndarray) -> li
 
 
 def pool(config: ml_collections.ConfigDict, name: str, outcomes: Sequence[ProbeOutcome],
-         workdir: str, test: dict) -> tuple[ProbeOutcome, estimates.Evaluation]:
+         workdir: str, splits: Mapping[str, dict], probe_targets: Sequence[targets.Target]
+         ) -> tuple[ProbeOutcome, estimates.Evaluation]:
   """The pooled outcome of method ``name`` from its ``outcomes`` (module docstring).
 
-  ``test``: the labeled test split (``labeled_split``), the same for every method of the job.
+  ``splits``: the labeled 'validation' and 'test' splits (``labeled_split``), the same for every
+  method of the job; ``probe_targets``: the targets the probes fit (resolved).
   """
+  test = splits["test"]
   fits = pooled_fits(outcomes, test["ecg_id"])
-  evaluation = estimates.evaluate(config, fits, test, name)
+  evaluation = estimates.evaluate(config, fits, test, name, probe_targets)
   first = outcomes[0]
-  splits = {"test": test,
-            "validation": labeled_split(first, config.data.validation_split, "validation")}
   if jax.process_index() == 0:  # every process pooled the same; one writes
     os.makedirs(workdir, exist_ok=True)
     probe_files.write_predictions(os.path.join(workdir, probe_files.PREDICTIONS_FILE), config,
-                                  fits, splits)
-  records = estimates.fit_records(fits, test, float(config.task.pcwp_threshold))
+                                  fits, splits, probe_targets)
+  records = estimates.fit_records(fits, test, probe_targets)
   outcome = ProbeOutcome(name=name, workdir=workdir, rows=evaluation.rows,
                          tests=evaluation.tests, fits=records,
                          embeddings_dir=os.path.dirname(first.embeddings_path("x")))

@@ -13,8 +13,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from ssldml_jax import cli, models, task
+from ssldml_jax.eval import targets
 
-TARGETS = ("binary", "regression")
 HEADS = ("linear", "mlp", "finetune")
 # The metrics compared between subgroups (DeLong for AUROC, a bootstrap otherwise), per target.
 DEFAULT_TEST_METRICS = {"binary": ("auroc",), "regression": ("rmse",)}
@@ -27,7 +27,9 @@ PROBE_KEYS = ("seed", "data", "model", "task.pcwp_threshold", "probe")
 def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds the ``probe`` section (paper settings) to a base config."""
   p = c.probe = ml_collections.ConfigDict()
-  p.targets = TARGETS                 # binary: mPCWP > task.pcwp_threshold; regression: mPCWP
+  # binary: mPCWP > task.pcwp_threshold; regression: mPCWP; any dataset feature as
+  # [NAME=]FEATURE:KIND[>THRESHOLD] (ssldml_jax.eval.targets), e.g. diagnostic_superclass:multilabel
+  p.targets = targets.DEFAULT_SPECS
   p.heads = HEADS                     # linear (logistic / ridge), mlp, finetune
   p.primary_head = "linear"           # the head of the main, subgroup tables and predictions
   p.fractions = (0.01, 0.1, 1.0)      # of training PATIENTS
@@ -68,15 +70,20 @@ def add_probe_section(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def add_entry_keys(c: ml_collections.ConfigDict, *, name: str = "",
-                   encoder_workdir: Optional[str] = None) -> ml_collections.ConfigDict:
-  """The keys of one probe run: the encoder, the row name, its label rows and the splits to
-  export."""
+                   encoder_workdir: Optional[str] = None,
+                   random_baseline: bool = False) -> ml_collections.ConfigDict:
+  """The keys of one probe run: the encoder, the row name, its label rows, the splits to export,
+  and whether ``python -m ssldml_jax.probe`` also probes a random encoder of the same
+  architecture."""
   with c.unlocked():
     c.encoder_workdir = config_dict.placeholder(str)  # None: a randomly initialised encoder.
     c.encoder_workdir = encoder_workdir
     c.export_splits = ""    # comma-separated splits to export as .npz (ssldml_jax.eval.embed)
     c.probe.name = name     # row label in the tables; "": the encoder workdir's name
     c.probe.rows = ()       # label rows to fit ('1%', '100%', 'n=1000'); (): every row
+    # Also probe an untrained encoder of the pretrained one's architecture and input rate, in
+    # <workdir>/random/, and put its row in the same tables (python -m ssldml_jax.probe).
+    c.random_baseline = random_baseline
   return c
 
 
@@ -115,7 +122,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   models.validate(c)
   cli.check_int(c, "seed", 0)
   task.validate_threshold(c)
-  cli.check_words(c, "probe.targets", TARGETS)
+  specs = cli.check_words(c, "probe.targets", None)
+  try:
+    targets.parse_all(specs, float(c.task.pcwp_threshold))
+  except ValueError as e:
+    raise cli.ConfigError(f"config.probe.targets: {e}") from None
   heads = cli.check_words(c, "probe.heads", HEADS)
   cli.check_choice(c, "probe.primary_head", heads)
   cli.check_words(c, "probe.fraction_heads", heads, nonempty=False)
@@ -155,6 +166,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cli.check_words(c, "probe.rows", subsets.row_names(c), nonempty=False)
   if not isinstance(cli.get_path(c, "probe.name"), str):
     raise cli.ConfigError(f"config.probe.name={c.probe.name!r} must be text (the row label)")
+  cli.check_choice(c, "random_baseline", (True, False))
   if not isinstance(cli.get_path(c, "export_splits"), str):
     raise cli.ConfigError(f"config.export_splits={c.export_splits!r} must be a comma-separated "
                           "string of split names, e.g. 'unlabeled,test'")

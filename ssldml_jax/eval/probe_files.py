@@ -2,17 +2,20 @@
 
 - ``probe_results.json``: ``name``, the table ``rows`` (head and ``tables.Row`` fields), the
   subgroup ``tests`` (head, target and ``subgroups.GroupTest`` fields), one record per
-  fit (``estimates.fit_records``), and what the caller adds (source, dataset, config). NaN and
-  infinities are stored as ``null`` and read back as NaN.
-- ``fits.npz``: every distinct fit (``estimates.unique_fits``) with its test and validation
-  scores, so that the main job can pool the fits of several probes (pretraining seeds, label
-  rows) into one cell: ``head``, ``target``, ``fraction`` (text), ``seed``, ``pretrain_seed``,
-  ``n_train``, ``n_validation``, ``threshold`` (NaN: none), ``test_scores`` (fits, test ECGs),
-  ``val_scores`` (all fits' validation scores end to end, ``n_validation`` each), and
-  ``test_ecg_id`` (the rows of ``test_scores``). Read with ``allow_pickle=False``.
-- ``predictions.csv``: ``ecg_id, patient_id, split, y_true_<target>, y_score_<target>[_<head>]``
-  for the validation and test ECGs (``y_true_regression`` is the mPCWP in mmHg); scores are the
-  seed mean at 100% of labels, the primary head's unsuffixed.
+  fit (``estimates.fit_records``), and what the caller adds (source, dataset, the ECGs of each
+  split and how many had labels, config). NaN and infinities are stored as ``null`` and read
+  back as NaN.
+- ``fits.npz``: every distinct fit (``estimates.unique_fits``) with its scores, so that the main
+  job can pool the fits of several probes (pretraining seeds, label rows) into one cell:
+  ``head``, ``target``, ``fraction`` (text), ``seed``, ``pretrain_seed``, ``n_train``,
+  ``n_validation`` per fit; fit i's ``test_scores_<i>`` (test ECGs, or test ECGs x labels),
+  ``val_scores_<i>`` and ``threshold_<i>`` (empty: none; one value, or one per label); and
+  ``test_ecg_id`` (the rows of every ``test_scores_<i>``). Read with ``allow_pickle=False``.
+- ``predictions.csv``: ``ecg_id, patient_id, split, y_true_<column>, y_score_<column>[_<head>]``
+  for the validation and test ECGs, a column per target (``targets.columns``: its name, or
+  ``<name>.<label>`` for each label or class of a multi-label or multi-class target, whose
+  ``y_true`` is 0/1); ``y_true_regression`` is the mPCWP in mmHg. Scores are the seed mean at
+  100% of labels (9 significant digits), the primary head's unsuffixed.
 
 ``ProbeOutcome`` is what a finished probe amounts to; a workdir holding ``probe_results.json``
 is done (``is_done``).
@@ -25,7 +28,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -63,26 +66,41 @@ class ProbeOutcome:
     return os.path.join(self.workdir, FITS_FILE)
 
 
+def score_column(column: str, head: str, primary_head: str, kind: str = "score") -> str:
+  """The ``y_<kind>`` column of ``column`` (``targets.columns``) by ``head``: the primary
+  head's unsuffixed. ``predict`` names its scores (and its ``pred`` decisions) the same way."""
+  return f"y_{kind}_{column}" + ("" if head == primary_head else f"_{head}")
+
+
+def seed_mean(fits: Sequence[Fit], head: str, target: str, which: str) -> Any:
+  """The mean over seeds of ``which`` ('val_scores', 'test_scores') of the 100% fits of
+  ``head`` and ``target``; None when there is none."""
+  chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, subsets.FULL)]
+  return np.mean([getattr(f, which) for f in chosen], axis=0) if chosen else None
+
+
 def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequence[Fit],
-                      splits: Mapping[str, dict]) -> str:
+                      splits: Mapping[str, dict],
+                      probe_targets: Optional[Sequence[targets.Target]] = None) -> str:
   """``predictions.csv`` (module docstring) of ``splits['validation']`` and ``['test']``."""
   p = config.probe
-  threshold = float(config.task.pcwp_threshold)
   columns, values = [], {}
-  for target in p.targets:
-    column = f"y_true_{target}"
-    columns.append(column)
-    values[column] = {split: targets.values(splits[split], target, threshold)
-                      for split in ("validation", "test")}
+  for target in probe_targets or targets.from_config(config):
+    names = targets.columns(target)
+    truth = {split: targets.as_columns(target, targets.values(splits[split], target))
+             for split in ("validation", "test")}
+    for k, name in enumerate(names):
+      columns.append(f"y_true_{name}")
+      values[columns[-1]] = {split: truth[split][k] for split in truth}
     for head in p.heads:
-      chosen = [f for f in fits if (f.head, f.target, f.fraction) == (head, target, subsets.FULL)]
-      if not chosen:
+      mean = {split: seed_mean(fits, head, target.name, f"{key}_scores")
+              for split, key in (("validation", "val"), ("test", "test"))}
+      if mean["test"] is None:
         continue
-      column = f"y_score_{target}" + ("" if head == p.primary_head else f"_{head}")
-      columns.append(column)
-      values[column] = {
-          "validation": np.mean([f.val_scores for f in chosen], axis=0),
-          "test": np.mean([f.test_scores for f in chosen], axis=0)}
+      for k, name in enumerate(names):
+        columns.append(score_column(name, head, p.primary_head))
+        values[columns[-1]] = {split: targets.as_columns(target, mean[split])[k]
+                               for split in mean}
   with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(list(_ID_COLUMNS) + columns)
@@ -96,10 +114,10 @@ def write_predictions(path: str, config: ml_collections.ConfigDict, fits: Sequen
 
 
 def _cell(value: Any, column: str) -> Any:
-  """A label as 0/1 or mmHg to 0.001, a score to 6 significant digits."""
+  """A label as 0/1 or mmHg to 0.001, a score to 9 significant digits."""
   if column.startswith("y_true_"):
     return int(value) if isinstance(value, (bool, np.bool_)) else f"{float(value):.3f}"
-  return f"{float(value):.6g}"
+  return f"{float(value):.9g}"
 
 
 def read_predictions(path: str) -> dict[str, np.ndarray]:
@@ -174,32 +192,32 @@ def save_fits(path: str, fits: Sequence[Fit], test_ecg_ids: np.ndarray) -> str:
   fits = estimates.unique_fits(fits)
   arrays = {key: np.asarray([getattr(f, key) for f in fits], str) for key in _FIT_TEXT}
   arrays.update({key: np.asarray([getattr(f, key) for f in fits], np.int64) for key in _FIT_INTS})
-  arrays["threshold"] = np.asarray([np.nan if f.threshold is None else f.threshold for f in fits],
-                                   np.float64)
-  arrays["test_scores"] = np.stack([np.asarray(f.test_scores, np.float64) for f in fits]) \
-      if fits else np.zeros((0, len(test_ecg_ids)))
-  arrays["val_scores"] = np.concatenate([np.asarray(f.val_scores, np.float64) for f in fits]) \
-      if fits else np.zeros(0)
-  arrays["val_lengths"] = np.asarray([len(f.val_scores) for f in fits], np.int64)
+  for i, f in enumerate(fits):
+    arrays[f"test_scores_{i}"] = np.asarray(f.test_scores, np.float64)
+    arrays[f"val_scores_{i}"] = np.asarray(f.val_scores, np.float64)
+    arrays[f"threshold_{i}"] = (np.zeros(0) if f.threshold is None
+                                else np.asarray(f.threshold, np.float64))
   arrays["test_ecg_id"] = np.asarray(test_ecg_ids, str)
   with atomic.replacing(path, suffix=".npz") as tmp:
     np.savez(tmp, **arrays)
   return path
 
 
+def _threshold(array: np.ndarray) -> Any:
+  """A stored threshold back as None, a float, or a tuple of floats (one per label)."""
+  if array.size == 0:
+    return None
+  return float(array) if array.ndim == 0 else tuple(float(t) for t in array)
+
+
 def load_fits(path: str) -> tuple[list[Fit], np.ndarray]:
   """``(fits, test_ecg_id)`` of a ``fits.npz``; scores as float64 arrays."""
   with np.load(path, allow_pickle=False) as f:
     data = {k: f[k] for k in f.files}
-  ends = np.cumsum(data["val_lengths"])
-  fits = []
-  for i in range(len(data["head"])):
-    threshold = float(data["threshold"][i])
-    fits.append(Fit(**{k: str(data[k][i]) for k in _FIT_TEXT},
-                    **{k: int(data[k][i]) for k in _FIT_INTS},
-                    test_scores=data["test_scores"][i],
-                    val_scores=data["val_scores"][ends[i] - data["val_lengths"][i]:ends[i]],
-                    threshold=None if math.isnan(threshold) else threshold, info={}))
+  fits = [Fit(**{k: str(data[k][i]) for k in _FIT_TEXT}, **{k: int(data[k][i]) for k in _FIT_INTS},
+              test_scores=data[f"test_scores_{i}"], val_scores=data[f"val_scores_{i}"],
+              threshold=_threshold(data[f"threshold_{i}"]), info={})
+          for i in range(len(data["head"]))]
   return fits, data["test_ecg_id"]
 
 

@@ -1,14 +1,17 @@
 """The report over many probes (one per encoder): the paper's tables, predictions and plots.
 
 ``report_tables`` collects the rows of every ``ProbeOutcome`` into the tables by file stem (the
-primary head's unsuffixed, other heads' ``_<head>``), with the subgroup tests Holm-adjusted over
-their table and, from the main job, the ``comparisons`` (the cells whose difference from the
-random encoder holds are marked ``*`` in the main tables) and the ``pretext`` table of the
-premise diagnostic; ``write_report`` writes them under a root directory with each probe's
-``predictions.csv`` and the figures (ROC / PR and calibration of the primary head's binary
-scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's name to its row
-label. Every caption names what its numbers are: the threshold rule of the thresholded metrics,
-the majority-class accuracy to read accuracy against, the validation data of label-limited rows.
+primary head's unsuffixed, other heads' ``_<head>``): per target its main table
+(``classification`` for mPCWP > threshold, ``regression`` for mPCWP, the target's name for any
+other), ``label_fractions_<target>`` and ``subgroups_<target>``, the subgroup tests
+Holm-adjusted over their table and, from the main job, the ``comparisons`` (the cells whose
+difference from the random encoder holds are marked ``*`` in the main tables) and the
+``pretext`` table of the premise diagnostic; ``write_report`` writes them under a root directory
+with each probe's ``predictions.csv`` and the figures (ROC / PR and calibration of the primary
+head's binary scores, a PCA of each encoder's test embeddings). ``labels`` maps a probe's name to
+its row label. Every caption names what its numbers are: the threshold rule of the thresholded
+metrics, the majority-class accuracy to read accuracy against, the validation data of
+label-limited rows.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from ssldml_jax import atomic
 from ssldml_jax.eval import comparisons as comparisons_lib, embed, estimates, premise as premise_lib
-from ssldml_jax.eval import probe_files, subsets, tables
+from ssldml_jax.eval import probe_files, subsets, tables, targets
 from ssldml_jax.eval.probe_files import ProbeOutcome
 
 HEAD_WORDS = {"linear": "logistic / ridge probe", "mlp": "MLP probe", "finetune": "fine-tuned"}
@@ -94,28 +97,36 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
     what = HEAD_WORDS[head]
     marked = head == p.primary_head and bool(comparisons)
     shown = _mark(rows, holding) if marked else rows
-    if "binary" in p.targets:
-      out[f"classification{suffix}"] = tables.classification_table(
-          shown, caption=_classification_caption(config, what, rows, marked))
-    if "regression" in p.targets:
-      out[f"regression{suffix}"] = tables.regression_table(
-          shown, caption=f"mPCWP regression (mmHg), {what}, test split: {CELL_WORDS}"
-                         + ("; * the difference from the random encoder holds" if marked else ""))
-    if head in p.fraction_heads:
-      for target, metric in (("binary", "auroc"), ("regression", "rmse")):
-        if target in p.targets:
-          out[f"label_fractions_{target}{suffix}"] = tables.label_fraction_table(
-              [r for r in rows if r.target == target], metric=metric,
-              caption=f"{tables.METRIC_LABELS[metric]} by training labels ({what}): "
-                      f"{CELL_WORDS}; {_validation_words(config)}"
-                      + (f"; {fraction_note}" if fraction_note else ""))
-    if head == p.primary_head:
-      for target in p.targets:
-        out[f"subgroups_{target}"] = tables.subgroup_table(
-            rows, target=target, caption=f"Subgroups by sex and age band ({target}, {what}): "
-                                         f"{CELL_WORDS}"
-                                         + (f". {threshold_words(config)}"
-                                            if target == "binary" else ""))
+    for target in targets.from_config(config):
+      columns = _columns(target, rows)
+      stem = main_stem(target)
+      if target.name == "binary":
+        caption = _classification_caption(config, what, rows, marked)
+      else:
+        if target.name == "regression":
+          caption = "mPCWP regression (mmHg)"
+        else:
+          caption = (target.describe() if target.name == target.feature
+                     else f"{target.name}: {target.describe()}")
+        caption += f", {what}, test split: {CELL_WORDS}"
+        if target.kind == "binary":
+          caption += f". {threshold_words(config)}"
+        if marked:
+          caption += "; * the difference from the random encoder holds"
+      out[stem + suffix] = tables.target_table(shown, target.name, columns, caption=caption)
+      if head in p.fraction_heads:
+        metric = targets.primary_metric(target)
+        out[f"label_fractions_{target.name}{suffix}"] = tables.label_fraction_table(
+            [r for r in rows if r.target == target.name], metric=metric,
+            caption=f"{tables.metric_label(metric)} by training labels ({target.name}, {what}): "
+                    f"{CELL_WORDS}; {_validation_words(config)}"
+                    + (f"; {fraction_note}" if fraction_note else ""),
+            fractions=subsets.subset_names(config, head))
+      if head == p.primary_head:
+        out[f"subgroups_{target.name}"] = tables.subgroup_table(
+            rows, target=target.name, columns=columns,
+            caption=f"Subgroups by sex and age band ({target.name}, {what}): {CELL_WORDS}"
+                    + (f". {threshold_words(config)}" if target.kind == "binary" else ""))
   tests = [(labels.get(o.name, o.name), t, r) for o in outcomes for h, t, r in o.tests
            if h == p.primary_head]
   if tests:
@@ -130,6 +141,29 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
   if premises:
     out["pretext"] = premise_lib.table(premises, labels, float(config.task.pcwp_threshold))
   return out
+
+
+def main_stem(target: "targets.Target") -> str:
+  """The file stem of a target's main table (the primary head's)."""
+  return {"binary": "classification", "regression": "regression"}.get(target.name, target.name)
+
+
+def printed_stems(config: ml_collections.ConfigDict) -> list[str]:
+  """The tables a program prints last: each target's label fractions and main table."""
+  found = targets.from_config(config)
+  fractions = ([f"label_fractions_{t.name}" for t in found]
+               if config.probe.primary_head in config.probe.fraction_heads else [])
+  return fractions + [main_stem(t) for t in found]
+
+
+def _columns(target: "targets.Target", rows: Sequence[tables.Row]) -> tuple:
+  """The metrics of a target's tables: the paper's columns for a binary or regression target,
+  else every metric its rows hold (macro first, then per label), in their order."""
+  if target.kind == "binary":
+    return tables.CLASSIFICATION_COLUMNS
+  if target.kind == "regression":
+    return tables.REGRESSION_COLUMNS
+  return tuple(dict.fromkeys(r.metric for r in rows if r.target == target.name))
 
 
 def write_report(outcomes: Sequence[ProbeOutcome], config: ml_collections.ConfigDict, root: str,

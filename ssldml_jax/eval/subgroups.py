@@ -124,12 +124,15 @@ def patient_groups(is_a: np.ndarray, inverse: np.ndarray, num_patients: int, pat
 
 
 def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, groups, a: str,
-               b: str, *, fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
-               seed: int = 0, mixed: str = "error") -> GroupTest:
+               b: str, *, labels=None, fits_scores: Optional[np.ndarray] = None,
+               n_resamples: int = 1000, seed: int = 0, mixed: str = "error") -> GroupTest:
   """Tests whether ``metric`` is equal in groups ``a`` and ``b`` (disjoint sets of patients).
 
-  AUROC (``metric == 'auroc'`` with ``fits_scores``, the ``(K, n)`` scores of the fits whose
-  mean ``fn`` computes): DeLong's test for independent groups with patient clusters
+  ``fn(y, score, weights)`` computes the metric (``y`` and ``score`` may be row-index stand-ins,
+  as ``estimates`` passes them); ``labels``: the real labels of the rows (default ``y``), for the
+  prevalence of a binary target and for DeLong. AUROC (``metric == 'auroc'`` with
+  ``fits_scores``, the ``(K, n)`` scores of the fits whose mean ``fn`` computes, and binary
+  ``labels``): DeLong's test for independent groups with patient clusters
   (``delong.independent``). Any other metric: the two groups resampled independently, patients
   within each (``significance.difference`` of the replicates; group b uses ``seed + 1``).
   Neither test asks whether the groups' whole (label, score) distributions differ: a metric that
@@ -137,6 +140,7 @@ def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, gro
   that reason alone, which is why the table shows each group's prevalence.
   """
   y, score, patient_ids, groups = _aligned(y, score, patient_ids, groups)
+  labels = y if labels is None else np.asarray(labels)
   for g in (a, b):
     if not np.any(groups == g):
       raise ValueError(f"group {g!r} has no ECGs (groups present: "
@@ -150,14 +154,14 @@ def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, gro
   rows = np.flatnonzero(keep)
   side_a = in_a[inverse]
   parts = {a: rows[side_a], b: rows[~side_a]}
-  binary = y.dtype == bool
-  prevalence = {g: float(np.mean(y[r])) if binary else math.nan for g, r in parts.items()}
-  if metric == "auroc" and fits_scores is not None:
+  binary = labels.dtype == bool and labels.ndim == 1
+  prevalence = {g: float(np.mean(labels[r])) if binary else math.nan for g, r in parts.items()}
+  if metric == "auroc" and fits_scores is not None and binary:
     s = np.atleast_2d(np.asarray(fits_scores, np.float64))
     test = "DeLong"
     try:
-      res = delong.independent(y[parts[a]], s[:, parts[a]], patient_ids[parts[a]],
-                               y[parts[b]], s[:, parts[b]], patient_ids[parts[b]])
+      res = delong.independent(labels[parts[a]], s[:, parts[a]], patient_ids[parts[a]],
+                               labels[parts[b]], s[:, parts[b]], patient_ids[parts[b]])
       values = (res.auc_a, res.auc_b, res.difference, res.low, res.high, res.p_value)
     except ValueError:  # a group with one class (or one patient): no AUROC, no test
       values = tuple(float(fn(y[r], score[r], np.ones((1, r.size)))[0])
@@ -180,7 +184,7 @@ def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, gro
 
 
 def compare_groups(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, groups,
-                   *, pairs: Optional[Sequence[tuple[str, str]]] = None,
+                   *, pairs: Optional[Sequence[tuple[str, str]]] = None, labels=None,
                    fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
                    seed: int = 0, mixed: str = "error") -> list[GroupTest]:
   """``group_test`` of every metric for ``pairs`` of groups (default: all pairs of known groups,
@@ -188,8 +192,8 @@ def compare_groups(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patien
   if pairs is None:
     known = [g for g in group_order(groups) if g != UNKNOWN]
     pairs = list(itertools.combinations(known, 2))
-  return [group_test(name, fn, y, score, patient_ids, groups, a, b, fits_scores=fits_scores,
-                     n_resamples=n_resamples, seed=seed, mixed=mixed)
+  return [group_test(name, fn, y, score, patient_ids, groups, a, b, labels=labels,
+                     fits_scores=fits_scores, n_resamples=n_resamples, seed=seed, mixed=mixed)
           for a, b in pairs for name, fn in metrics.items()]
 
 

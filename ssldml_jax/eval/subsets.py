@@ -105,16 +105,27 @@ def label_fraction_subsets(patient_ids, *, fractions: Sequence[float] = DEFAULT_
   return out
 
 
-def labeled(split: dict, name: str) -> dict:
-  """The rows of ``split`` with known labels (``targets.known``); the others are reported, not
-  silently dropped. ``name`` is the split's role ('train', 'validation', 'test')."""
-  keep = targets.known(split)
-  if not keep.all():
-    first = str(split["ecg_id"][np.flatnonzero(~keep)[0]])
-    print(f"probe: {name}: {int((~keep).sum())} ECG(s) without mPCWP left out (first "
-          f"{first!r})", flush=True)
+def labeled(split: dict, name: str,
+            probe_targets: Optional[Sequence[targets.Target]] = None) -> dict:
+  """The rows of ``split`` whose label is known for every target (``targets.known``; default:
+  mPCWP's); the others are counted per target and reported, not silently dropped. ``name`` is
+  the split's role ('train', 'validation', 'test')."""
+  keep = np.ones(len(split["ecg_id"]), bool)
+  for target in probe_targets or (targets.parse("regression", 0.0),):
+    known = targets.known(split, target)
+    if not known.all():
+      first = str(split["ecg_id"][np.flatnonzero(~known)[0]])
+      print(f"probe: {name}: {int((~known).sum())} of {known.size} ECG(s) without a label for "
+            f"{target.describe()} left out (first {first!r})", flush=True)
+    stray = targets.unknown_classes(split, target)
+    if stray.any():
+      print(f"probe: {name}: of those, {int(stray.sum())} hold {target.feature} value(s) "
+            f"{sorted(set(split[target.feature][stray].tolist()))} that are no class of the "
+            "training split", flush=True)
+    keep &= known
   if not keep.any():
-    raise cli.ConfigError(f"config.data.{name}_split: no ECG of that split has an mPCWP label")
+    raise cli.ConfigError(f"config.data.{name}_split: no ECG of that split has a label for every "
+                          "target of config.probe.targets")
   return {k: v[keep] for k, v in split.items()}
 
 

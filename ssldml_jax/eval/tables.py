@@ -30,6 +30,7 @@ METRIC_LABELS = {
     "sensitivity": "Sensitivity", "specificity": "Specificity",
     "ppv": "PPV", "npv": "NPV", "majority_accuracy": "Majority-class accuracy",
     "rmse": "RMSE", "mae": "MAE", "pearson_r": "Pearson r",
+    "macro_auroc": "Macro-AUROC", "macro_auprc": "Macro-AUPRC",
 }
 CLASSIFICATION_COLUMNS = ("auroc", "auprc", "f1", "accuracy", "sensitivity", "specificity", "ppv",
                           "npv")
@@ -44,7 +45,7 @@ _CELL = re.compile(rf"^\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\))?"
 @dataclasses.dataclass(frozen=True)
 class Row:
   method: str
-  target: str            # 'binary' | 'regression'
+  target: str            # a probe target's name ('binary', 'regression', ...)
   metric: str            # a key of METRIC_LABELS
   point: float
   low: float
@@ -158,19 +159,40 @@ def regression_table(rows: Iterable[Row], caption: str = "mPCWP regression (mmHg
   return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
 
 
+def metric_label(metric: str) -> str:
+  """The column label of a metric: ``METRIC_LABELS``, or 'AUROC NORM' for ``auroc_NORM`` (one
+  label or class of a multi-label or multi-class target)."""
+  if metric in METRIC_LABELS:
+    return METRIC_LABELS[metric]
+  if metric.startswith("auroc_"):
+    return f"AUROC {metric[len('auroc_'):]}"
+  return metric
+
+
+def target_table(rows: Iterable[Row], target: str, columns: Sequence[str],
+                 caption: str = "") -> Table:
+  """The main table of any target: one line per method, the metrics of ``columns``."""
+  rows = [r for r in rows if r.target == target and r.group == "all" and r.fraction == "100%"]
+  return pivot(rows, ("method",), "metric", columns,
+               labels={c: metric_label(c) for c in columns}, caption=caption)
+
+
 def subgroup_table(rows: Iterable[Row], target: str = "binary",
                    columns: Optional[Sequence[str]] = None,
                    caption: str = "Subgroups (sex, age band)") -> Table:
   columns = columns or (CLASSIFICATION_COLUMNS if target == "binary" else REGRESSION_COLUMNS)
   rows = [r for r in rows if r.target == target and r.group != "all"]
-  return pivot(rows, ("method", "group"), "metric", columns, labels=METRIC_LABELS,
-               caption=caption)
+  return pivot(rows, ("method", "group"), "metric", columns,
+               labels={c: metric_label(c) for c in columns}, caption=caption)
 
 
-def label_fraction_table(rows: Iterable[Row], metric: str = "auroc",
-                         caption: str = "") -> Table:
+def label_fraction_table(rows: Iterable[Row], metric: str = "auroc", caption: str = "",
+                         fractions: Sequence[str] = ()) -> Table:
+  """One column per label fraction: those of the rows and ``fractions`` (the configured ones,
+  so that a fraction whose fits were all left out shows as n/a rather than vanishing)."""
   rows = [r for r in rows if r.metric == metric and r.group == "all"]
-  fractions = sorted(dict.fromkeys(r.fraction for r in rows), key=_fraction_key)
+  fractions = sorted(dict.fromkeys([r.fraction for r in rows] + list(fractions)),
+                     key=_fraction_key)
   return pivot(rows, ("method",), "fraction", fractions, labels={}, show_n=False,
                caption=caption or f"{METRIC_LABELS.get(metric, metric)} by label fraction")
 
@@ -197,7 +219,7 @@ def group_test_table(results: Iterable[tuple[str, str, object]], caption: str = 
   for (method, target, r), p_holm in zip(results, adjusted):
     prevalence = ("n/a" if not math.isfinite(r.prevalence_a) else
                   f"{r.prevalence_a:.3f} / {r.prevalence_b:.3f}")
-    body.append((method, target, METRIC_LABELS.get(r.metric, r.metric),
+    body.append((method, target, metric_label(r.metric),
                  f"{r.group_a} vs {r.group_b}", f"{r.ecgs_a} / {r.ecgs_b}",
                  f"{r.patients_a} / {r.patients_b}", prevalence, format_cell(r.value_a),
                  format_cell(r.value_b), format_cell(r.difference, r.low, r.high), r.test,

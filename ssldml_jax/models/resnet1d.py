@@ -66,10 +66,10 @@ class ResNet1D(nn.Module):
   of the last stage. ``train`` turns on dropout and batch statistics (pass ``mutable=
   ['batch_stats']`` and a ``'dropout'`` rng to ``apply``).
   """
-  stage_sizes: Sequence[int] = STAGE_SIZES["resnet18"]
   width: int = 64
   stem_kernel: int = 15
   kernel_size: int = 7
+  stage_sizes: Sequence[int] = STAGE_SIZES["resnet18"]   # blocks per stage
   dropout: float = 0.2
   embedding_dim: int = 128
   dtype: Any = jnp.float32
