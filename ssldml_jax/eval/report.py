@@ -58,18 +58,14 @@ def threshold_words(config: ml_collections.ConfigDict) -> str:
           f"{_CRITERIA[config.probe.threshold_criterion]} on each fit's validation scores")
 
 
-def _classification_caption(config: ml_collections.ConfigDict, what: str, rows, marked: bool):
-  majority = [r.point for r in rows if r.metric == estimates.MAJORITY and r.fraction ==
-              subsets.FULL and r.group == "all"]
-  text = (f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg), {what}, test split: "
-          f"{CELL_WORDS}. {threshold_words(config)}")
-  if majority:
-    text += (f"; always answering the majority class scores accuracy {majority[0]:.3f}, the "
-             "floor to read accuracy against")
-  if marked:
-    text += ("; * the difference from the random encoder holds (paired patient bootstrap, "
-             "Holm-adjusted over the comparisons table)")
-  return text
+def _majority_words(rows: Sequence[tables.Row], target: str) -> str:
+  """The accuracy of always answering a binary target's majority class, for its caption."""
+  majority = [r.point for r in rows if (r.target, r.metric, r.fraction, r.group) ==
+              (target, estimates.MAJORITY, subsets.FULL, "all")]
+  if not majority:
+    return ""
+  return (f"; always answering the majority class scores accuracy {majority[0]:.3f}, the "
+          "floor to read accuracy against")
 
 
 def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.ConfigDict,
@@ -101,18 +97,18 @@ def report_tables(outcomes: Sequence[ProbeOutcome], config: ml_collections.Confi
       columns = _columns(target, rows)
       stem = main_stem(target)
       if target.name == "binary":
-        caption = _classification_caption(config, what, rows, marked)
+        caption = f"Elevated mPCWP (> {config.task.pcwp_threshold:g} mmHg)"
+      elif target.name == "regression":
+        caption = "mPCWP regression (mmHg)"
       else:
-        if target.name == "regression":
-          caption = "mPCWP regression (mmHg)"
-        else:
-          caption = (target.describe() if target.name == target.feature
-                     else f"{target.name}: {target.describe()}")
-        caption += f", {what}, test split: {CELL_WORDS}"
-        if target.kind == "binary":
-          caption += f". {threshold_words(config)}"
-        if marked:
-          caption += "; * the difference from the random encoder holds"
+        caption = (target.describe() if target.name == target.feature
+                   else f"{target.name}: {target.describe()}")
+      caption += f", {what}, test split: {CELL_WORDS}"
+      if target.kind == "binary":
+        caption += f". {threshold_words(config)}" + _majority_words(rows, target.name)
+      if marked:
+        caption += ("; * the difference from the random encoder holds (paired patient bootstrap, "
+                    "Holm-adjusted over the comparisons table)")
       out[stem + suffix] = tables.target_table(shown, target.name, columns, caption=caption)
       if head in p.fraction_heads:
         metric = targets.primary_metric(target)
