@@ -13,14 +13,10 @@ Label fractions 1%, 10%, 100% of training patients and n=1,000 labeled ECGs; see
 ``ecg_synth/tiny`` for quick checks.
 """
 
-from ssldml_jax import cli, config_defaults, methods
+from ssldml_jax import methods
 from ssldml_jax.eval import probe_config
 
 
 def get_config(arg=None):
-  words = cli.parse_words(arg, ("tiny",))
-  c = probe_config.add_probe_section(config_defaults.base_config())
-  if "tiny" in words:
-    config_defaults.apply_tiny(c)
-    probe_config.apply_tiny_probe(c)
+  c = probe_config.probe_job_config(arg)
   return probe_config.add_entry_keys(methods.project(c, probe_config.PROBE_KEYS))

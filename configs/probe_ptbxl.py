@@ -14,16 +14,12 @@ initialised encoder of the same architecture (``random_baseline``) in ``<workdir
 ``:tiny`` is a small model and few resamples, for the test fixtures.
 """
 
-from ssldml_jax import cli, config_defaults, methods
+from ssldml_jax import cli, methods
 from ssldml_jax.eval import probe_config
 
 
 def get_config(arg=None):
-  words = cli.parse_words(arg, ("tiny",))
-  c = probe_config.add_probe_section(config_defaults.base_config())
-  if "tiny" in words:
-    config_defaults.apply_tiny(c)
-    probe_config.apply_tiny_probe(c)
+  c = probe_config.probe_job_config(arg)
   c.data.name = "ptbxl"
   c.data.pretrain_split = "train"    # PTB-XL has no unlabeled split (the probe does not read it)
   p = c.probe
@@ -33,7 +29,7 @@ def get_config(arg=None):
   p.fraction_heads = ("linear",)
   p.fractions = (0.01, 0.1, 1.0)
   p.limited_n = None
-  if "tiny" not in words:
+  if "tiny" not in cli.parse_words(arg, ("tiny",)):
     p.seeds = (0, 1, 2)
   return probe_config.add_entry_keys(methods.project(c, probe_config.PROBE_KEYS),
                                      random_baseline=True)

@@ -5,31 +5,21 @@ step's loss and mined distances are those of the brute-force nearest neighbour (
 ``neg_topk=1``, the farthest ECG) among the real ones.
 """
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
-from ssldml_jax import cli, models, parallel, train_lib
+from ssldml_jax import models, parallel, train_lib
 from ssldml_jax.methods import ssl_dml
+import step_fixtures  # tests/step_fixtures.py
+from step_fixtures import DEVICES, N, PER_DEVICE
 
 dtaidistance = pytest.importorskip("dtaidistance")
 from dtaidistance import dtw_ndim  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEVICES, PER_DEVICE = 8, 4
-N = DEVICES * PER_DEVICE
 T = 120            # samples at the model rate: 24 after decimation by 5.
 DECIMATE = 5
-SMALL = {"data.per_device_batch_size": PER_DEVICE, "model.stage_sizes": (1,),
-         "model.dropout": 0.0}
-
-
-def _config(spec: str, **overrides):
-  config = cli.load_config_file(os.path.join(REPO, "configs", spec))
-  config.update_from_flattened_dict({**SMALL, **overrides})
-  return config
+_config = step_fixtures.config
 
 
 def _raw_distance_rows(config, ecg: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -39,32 +29,6 @@ def _raw_distance_rows(config, ecg: np.ndarray, mask: np.ndarray) -> np.ndarray:
                 axis_name=parallel.AXIS)
   rows = fn(ecg.reshape(DEVICES, PER_DEVICE, *ecg.shape[1:]), mask.reshape(DEVICES, PER_DEVICE))
   return np.asarray(rows).reshape(N, N)
-
-
-def _device_batch(ecg: np.ndarray, mask: np.ndarray, pcwp: np.ndarray = None,
-                  patient_key: np.ndarray = None) -> dict:
-  n = len(ecg)
-  batch = {"ecg": ecg, "mask": mask,
-           "pcwp": np.full(n, np.nan, np.float32) if pcwp is None else pcwp,
-           "patient_key": np.arange(n, dtype=np.int32) if patient_key is None else patient_key}
-  return jax.device_put(parallel.shard_batch(batch), parallel.device_sharding())
-
-
-def _ecgs(seed: int) -> np.ndarray:
-  """(N, T, 12) ECG-like signals: beats of P, QRS and T bumps whose timing, width and lead gains
-  vary from ECG to ECG, so that the DTW nearest neighbour is often not the Euclidean one."""
-  rng = np.random.default_rng(seed)
-  t = np.arange(T, dtype=np.float64)
-  out = np.empty((N, T, 12))
-  for i in range(N):
-    period = rng.uniform(35, 60)
-    beat = np.mod(t - rng.uniform(0, period), period)
-    wave = sum(amp * np.exp(-0.5 * ((beat - mu * period) / (sd * period)) ** 2)
-               for mu, sd, amp in ((0.2, 0.05, rng.uniform(0.1, 0.3)),
-                                   (0.45, rng.uniform(0.02, 0.04), rng.uniform(0.8, 1.6)),
-                                   (0.75, 0.08, rng.uniform(0.2, 0.5))))
-    out[i] = wave[:, None] * rng.uniform(-1.0, 1.0, 12) + rng.normal(0, 0.02, (T, 12))
-  return out.astype(np.float32)
 
 
 def _brute_force_dtw(ecg: np.ndarray, window) -> np.ndarray:
@@ -97,7 +61,7 @@ def test_dtw_mined_triplets_are_brute_force_neighbours(window, decimated_window)
   config = _config("ssl_dml_dtw.py:tiny", **{"mining.dtw_window": window,
                                               "mining.decimate": DECIMATE,
                                               "mining.neg_topk": 1})
-  ecg = _ecgs(0)
+  ecg = step_fixtures.ecgs(0, N, T)
   real = np.ones(N, bool)
   real[-6:] = False                 # Device 6 half padded, device 7 all padding.
   # Padding as copies of real ECGs: the nearest possible neighbours, should the mask leak.
@@ -121,7 +85,8 @@ def test_dtw_mined_triplets_are_brute_force_neighbours(window, decimated_window)
 
   program = train_lib.build_program(config, 1)
   state = program.init_state(jax.random.PRNGKey(0), T)
-  metrics = jax.device_get(program.eval_step(parallel.replicate(state), _device_batch(ecg, real),
+  batch = step_fixtures.device_batch(ecg, real)
+  metrics = jax.device_get(program.eval_step(parallel.replicate(state), batch,
                                              parallel.replicate(jax.random.PRNGKey(1))))
   encoder = models.build_encoder(config.model)
   emb = _unit(np.asarray(encoder.apply({"params": state.params["encoder"],

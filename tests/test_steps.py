@@ -5,54 +5,18 @@ The step itself (8 devices x 4 == 1 x 32, shard_map == pmap, the non-finite guar
 through the trainer in ``test_pretrain.py``.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 
-from ssldml_jax import cli, methods, parallel, steps, train_lib
+from ssldml_jax import methods, parallel, steps, train_lib
+import step_fixtures  # tests/step_fixtures.py
+from step_fixtures import N
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEVICES, PER_DEVICE = 8, 4
-N = DEVICES * PER_DEVICE
 T = 120            # samples at the model rate
-SMALL = {"data.per_device_batch_size": PER_DEVICE, "model.stage_sizes": (1,),
-         "model.dropout": 0.0}
-
-
-def _config(spec: str, **overrides):
-  config = cli.load_config_file(os.path.join(REPO, "configs", spec))
-  config.update_from_flattened_dict({**SMALL, **overrides})
-  return config
-
-
-def _device_batch(ecg: np.ndarray, mask: np.ndarray, pcwp: np.ndarray = None,
-                  patient_key: np.ndarray = None) -> dict:
-  n = len(ecg)
-  batch = {"ecg": ecg, "mask": mask,
-           "pcwp": np.full(n, np.nan, np.float32) if pcwp is None else pcwp,
-           "patient_key": np.arange(n, dtype=np.int32) if patient_key is None else patient_key}
-  return jax.device_put(parallel.shard_batch(batch), parallel.device_sharding())
-
-
-def _ecgs(seed: int) -> np.ndarray:
-  """(N, T, 12) ECG-like signals: beats of P, QRS and T bumps whose timing, width and lead gains
-  vary from ECG to ECG, so that the DTW nearest neighbour is often not the Euclidean one."""
-  rng = np.random.default_rng(seed)
-  t = np.arange(T, dtype=np.float64)
-  out = np.empty((N, T, 12))
-  for i in range(N):
-    period = rng.uniform(35, 60)
-    beat = np.mod(t - rng.uniform(0, period), period)
-    wave = sum(amp * np.exp(-0.5 * ((beat - mu * period) / (sd * period)) ** 2)
-               for mu, sd, amp in ((0.2, 0.05, rng.uniform(0.1, 0.3)),
-                                   (0.45, rng.uniform(0.02, 0.04), rng.uniform(0.8, 1.6)),
-                                   (0.75, 0.08, rng.uniform(0.2, 0.5))))
-    out[i] = wave[:, None] * rng.uniform(-1.0, 1.0, 12) + rng.normal(0, 0.02, (T, 12))
-  return out.astype(np.float32)
+_config = step_fixtures.config
 
 
 def _tiny(method="supervised_dml", **optim):
@@ -169,7 +133,7 @@ def test_bfloat16_train_step_is_close_to_float32(method):
   at most about sqrt(L + 1) u, is within sqrt((L + 1) / N) u.
   """
   rng = np.random.default_rng(0)
-  ecg = _ecgs(1)
+  ecg = step_fixtures.ecgs(1, N, T)
   batch = dict(ecg=ecg, mask=np.ones(N, bool), pcwp=rng.uniform(5, 35, N).astype(np.float32),
                patient_key=(np.arange(N) // 2).astype(np.int32))  # CMSC: two ECGs a patient
   rng_key = parallel.replicate(jax.random.PRNGKey(1))
@@ -182,7 +146,8 @@ def test_bfloat16_train_step_is_close_to_float32(method):
   assert all(jax.tree.leaves(same))
 
   def step(program, state, batch):
-    new, metrics = program.train_step(parallel.replicate(state), _device_batch(**batch), rng_key)
+    new, metrics = program.train_step(parallel.replicate(state),
+                                      step_fixtures.device_batch(**batch), rng_key)
     return train_lib.first_replica(new), jax.device_get(metrics)
 
   ref, ref_metrics = step(float32, state, batch)

@@ -96,6 +96,19 @@ def probe_stage_config(config: ml_collections.ConfigDict, name: str,
                         encoder_workdir=encoder_workdir)
 
 
+def probe_job_config(arg: Optional[str]) -> ml_collections.ConfigDict:
+  """The whole config of a probe job (every section and ``probe``): the paper's settings, or
+  with ``arg == "tiny"`` a run of seconds on ``ecg_synth/tiny``; ``configs/probe*.py`` start here."""
+  from ssldml_jax import config_defaults
+
+  words = cli.parse_words(arg, ("tiny",))
+  c = add_probe_section(config_defaults.base_config())
+  if "tiny" in words:
+    config_defaults.apply_tiny(c)
+    apply_tiny_probe(c)
+  return c
+
+
 def apply_tiny_probe(c: ml_collections.ConfigDict) -> None:
   """A probe that finishes in seconds on ``ecg_synth/tiny`` (tests)."""
   p = c.probe
