@@ -119,9 +119,12 @@ def augmented_views(config: ml_collections.ConfigDict, key: jax.Array, v1: jax.A
 
 
 def encode_views(mods, params: Any, stats: Any, v1: jax.Array, v2: jax.Array, key: jax.Array,
-                 train: bool) -> tuple[jax.Array, jax.Array, Any]:
-  """Head outputs of both views from one encoder pass (BatchNorm normalises them together)."""
+                 train: bool, head_key: Optional[jax.Array] = None
+                 ) -> tuple[jax.Array, jax.Array, Any]:
+  """Head outputs of both views from one encoder pass (BatchNorm normalises them together), and
+  the statistics of encoder and head. ``head_key`` (default ``key``) feeds the head's dropout."""
   b = v1.shape[0]
   emb, stats = encode(mods.encoder, params, stats, jnp.concatenate([v1, v2]), key, train)
-  z = mods.head.apply({"params": params["head"]}, emb)
-  return z[:b], z[b:], stats
+  z, head_stats = apply_module(mods.head, params["head"], stats["head"], emb,
+                               key if head_key is None else head_key, train)
+  return z[:b], z[b:], dict(stats, head=head_stats)

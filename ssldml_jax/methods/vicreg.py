@@ -66,9 +66,16 @@ def vicreg_loss(z1: jax.Array, z2: jax.Array, mask: Optional[jax.Array] = None, 
   """The weighted VICReg loss (module docstring). It is a function of the whole gathered batch,
   computed alike on every device: the ``pmean`` of the per-device parameter gradients is the
   one-device gradient on the concatenated batch (``ssldml_jax.losses`` convention)."""
-  t = vicreg_terms(z1, z2, mask, axis_name=axis_name)
-  return (invariance_weight * t["invariance"] + variance_weight * t["variance"]
-          + covariance_weight * t["covariance"])
+  return weighted(vicreg_terms(z1, z2, mask, axis_name=axis_name),
+                  invariance_weight=invariance_weight, variance_weight=variance_weight,
+                  covariance_weight=covariance_weight)
+
+
+def weighted(terms: dict, *, invariance_weight: float, variance_weight: float,
+             covariance_weight: float) -> jax.Array:
+  """The VICReg loss from its three terms (``vicreg_terms``)."""
+  return (invariance_weight * terms["invariance"] + variance_weight * terms["variance"]
+          + covariance_weight * terms["covariance"])
 
 
 class Expander(nn.Module):
@@ -107,16 +114,10 @@ def make_loss(config: ml_collections.ConfigDict, mods, axis_name: Optional[str])
     x, mask = batch["ecg"], batch["mask"]
     k_enc, k_head, k_aug = jax.random.split(dev_key, 3)
     v1, v2 = common.augmented_views(config, k_aug, x, x)
-    b = x.shape[0]
-    # Both views in one pass: BatchNorm normalises them with the same statistics.
-    emb, stats = common.encode(mods.encoder, params, stats, jnp.concatenate([v1, v2]), k_enc,
-                               train)
-    z, head_stats = common.apply_module(mods.head, params["head"], stats["head"], emb, k_head,
-                                        train)
-    stats = dict(stats, head=head_stats)
-    z1, z2 = z[:b], z[b:]
+    z1, z2, stats = common.encode_views(mods, params, stats, v1, v2, k_enc, train,
+                                        head_key=k_head)
     terms = vicreg_terms(z1, z2, mask, axis_name=axis_name)
-    value = sum(weights[f"{name}_weight"] * terms[name] for name in terms)
+    value = weighted(terms, **weights)
     return value, (stats, {f"vicreg_{k}": jax.lax.stop_gradient(v) for k, v in terms.items()})
 
   return loss
