@@ -10,8 +10,9 @@ VICReg) and the random encoder, each pretrained with seeds 0, 1, 2 (``pretrain_s
 labeled methods also on each label-limited row's patients, for every pretraining and probe seed.
 Probes: logistic / ridge, MLP and full fine-tuning; label fractions 1%, 10%, 100% and n=1,000,
 model selection below 100% on the row's share of validation patients; probe seeds 0, 1, 2;
-1,000 patient-bootstrap resamples; comparisons against the random encoder and SimCLR. Another dataset with mPCWP labels: ``--config.data.name=...``
-and its split names in ``--config.data.{pretrain,train,validation,test}_split``.
+1,000 patient-bootstrap resamples; comparisons against the random encoder and SimCLR. Another
+dataset with mPCWP labels: ``--config.data.name=...`` and its split names in
+``--config.data.{pretrain,train,validation,test}_split``.
 """
 
 from ssldml_jax import cli, config_defaults, methods
