@@ -81,10 +81,6 @@ def _loss_maker(target: str, metric: bool):
   return make_loss
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-  task.validate(config)
-
-
 def _validate_dml(config: ml_collections.ConfigDict) -> None:
   task.validate(config)
   common.validate_metric(config)
@@ -97,7 +93,7 @@ for _target, _suffix, _what in (("binary", "", "BCE on mPCWP > threshold"),
       name=f"supervised{_suffix}", label="Supervised" + (" (regr.)" if _suffix else ""),
       summary=f"the encoder and probe head trained end to end on the labeled split: {_what}",
       target=_target, reads=("task",), make_loss=_loss_maker(_target, metric=False),
-      build_head=build_head, validate=_validate))
+      build_head=build_head, validate=task.validate))
   registry.register(registry.Method(
       name=f"supervised_dml{_suffix}", label="Supervised DML" + (" (regr.)" if _suffix else ""),
       summary=f"alpha x triplet loss mined from the labels + {_what}; the head is trained too",
