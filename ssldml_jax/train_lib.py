@@ -352,10 +352,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, method: methods.Metho
         log.write(step, last)
         history, mark = [], (now, step)
       log.progress(step)
-      if step % config.train.checkpoint_every_steps == 0 or step == total:
+      stop = notice.requested()  # a collective across processes: asked once per step
+      if stop or step % config.train.checkpoint_every_steps == 0 or step == total:
         save(step, p_state)
-      if notice.requested():
-        save(step, p_state)
+      if stop:
         ckpts.wait()
         raise preemption.Preempted(
             f"preemption notice (SIGTERM) at step {step} of {total}: saved checkpoint step "
