@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ssldml_jax import atomic
+from ssldml_jax import atomic, cli
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
@@ -194,9 +194,7 @@ class Checkpoints:
         except CheckpointError:
           raise  # Not damage: the previous steps have the same layout.
         except Exception as e:  # Any other failure is damage; the remedy is the previous step.
-          text = str(e).strip()
-          first = text.splitlines()[0] if text else ""
-          last_error = f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
+          last_error = cli.error_line(e, 160)
           where = self._move_aside(step)
           moved = not self.read_only
           print(f"checkpoint step {step} in {self.directory} is unreadable ({last_error}); "

@@ -79,6 +79,14 @@ def _explain_override_error(argv: list[str]) -> Optional[str]:
   return None
 
 
+def error_line(error: BaseException, limit: int = 200) -> str:
+  """``Type: first line of the message``, the line cut to ``limit`` characters (``...`` marks a
+  cut): an exception from a library said in one line of a message of ours."""
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  return f"{type(error).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = FLAGS(argv)

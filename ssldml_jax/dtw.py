@@ -157,7 +157,9 @@ def decimate(x: jax.Array, factor: int) -> jax.Array:
 _decimate = decimate   # the public functions' ``decimate`` argument shadows the name.
 
 
-def _decimated_window(window: Optional[int], factor: int) -> Optional[int]:
+def decimated_window(window: Optional[int], factor: int) -> Optional[int]:
+  """A Sakoe-Chiba band of ``window`` samples, in samples after decimation by ``factor``
+  (rounded up, so that decimating never narrows the band)."""
   return None if window is None else -(-window // factor)
 
 
@@ -432,7 +434,6 @@ def _kernel_works(channels: int, window: Optional[int], lanes: int, anchors: int
   signals and the same window; any failure (no Pallas GPU lowering in this jax, a compiler
   error, a wrong value) means False, with one warning per process that names it.
   """
-  from ssldml_jax import dtw_pallas  # pylint: disable=import-outside-toplevel
   global _fallback_warned
   rng = np.random.default_rng(0)
   length = 2 * lanes + 3
@@ -440,8 +441,7 @@ def _kernel_works(channels: int, window: Optional[int], lanes: int, anchors: int
   y = rng.normal(size=(2, length, channels)).astype(np.float32)
 
   def both(x, y):
-    xa, ya = _augment(x, y)
-    return (dtw_pallas.cross_accumulated(xa, ya, window=window, lanes=lanes, anchors=anchors),
+    return (_kernel_accumulated(x, y, window, lanes=lanes, anchors=anchors),
             _cross_accumulated(x, y, window, None, DEFAULT_BLOCK))
 
   try:
@@ -456,10 +456,10 @@ def _kernel_works(channels: int, window: Optional[int], lanes: int, anchors: int
     return True
   except Exception as e:  # pylint: disable=broad-except  # Any failure means: use XLA.
     if not _fallback_warned:
+      from ssldml_jax import cli  # pylint: disable=import-outside-toplevel
       _fallback_warned = True
-      reason = (str(e).strip().splitlines() or [""])[0][:300]
       warnings.warn(f"DTW: the Pallas kernel is not usable on this {_backend()} backend "
-                    f"({type(e).__name__}: {reason}); using the XLA program (dtw impl 'auto')",
+                    f"({cli.error_line(e, 300)}); using the XLA program (dtw impl 'auto')",
                     RuntimeWarning, stacklevel=2)
     return False
 
@@ -477,10 +477,13 @@ def _use_kernel(impl: str, x: jax.Array, y: jax.Array, window: Optional[int]) ->
   return _kernel_works(x.shape[2] + 2, window, lanes, anchors)
 
 
-def _kernel_accumulated(x: jax.Array, y: jax.Array, window: Optional[int]) -> jax.Array:
+def _kernel_accumulated(x: jax.Array, y: jax.Array, window: Optional[int], **tiling) -> jax.Array:
+  """The Pallas kernel's accumulated costs (interpreted off GPU); ``tiling``: its ``lanes`` and
+  ``anchors``, else the default tiling."""
   from ssldml_jax import dtw_pallas  # pylint: disable=import-outside-toplevel
   xa, ya = _augment(x, y)
-  return dtw_pallas.cross_accumulated(xa, ya, window=window, interpret=_backend() != "gpu")
+  return dtw_pallas.cross_accumulated(xa, ya, window=window, interpret=_backend() != "gpu",
+                                      **tiling)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +506,7 @@ def cross_dtw(x: jax.Array, y: jax.Array, *, window: Optional[int] = None, decim
     raise ValueError(f"x and y must have the same number of channels, got x {tuple(x.shape)} "
                      f"and y {tuple(y.shape)}")
   factor = _check_factor(decimate)
-  window = _decimated_window(_check_window(window), factor)
+  window = decimated_window(_check_window(window), factor)
   block, impl = _check_block(block), _check_impl(impl)
   x, y = _decimate(x, factor), _decimate(y, factor)
   if _use_kernel(impl, x, y, window):
@@ -523,7 +526,7 @@ def pairwise_dtw(x: jax.Array, *, window: Optional[int] = None, decimate: int = 
   """
   x = _check_signals(x, "x")
   factor = _check_factor(decimate)
-  window = _decimated_window(_check_window(window), factor)
+  window = decimated_window(_check_window(window), factor)
   x = _decimate(x, factor)
   acc = _pairwise_accumulated(x, window, None, _check_block(block))
   eye = jnp.eye(x.shape[0], dtype=bool)
@@ -545,7 +548,7 @@ def cross_soft_dtw(x: jax.Array, y: jax.Array, gamma: float, *, window: Optional
                      f"and y {tuple(y.shape)}")
   gamma = _check_gamma(gamma)
   factor = _check_factor(decimate)
-  window = _decimated_window(_check_window(window), factor)
+  window = decimated_window(_check_window(window), factor)
   x, y = _decimate(x, factor), _decimate(y, factor)
   return _cross_accumulated(x, y, window, gamma, _check_block(block))
 
@@ -564,7 +567,7 @@ def pairwise_soft_dtw(x: jax.Array, gamma: float, *, window: Optional[int] = Non
   x = _check_signals(x, "x")
   gamma = _check_gamma(gamma)
   factor = _check_factor(decimate)
-  window = _decimated_window(_check_window(window), factor)
+  window = decimated_window(_check_window(window), factor)
   x = _decimate(x, factor)
   s = _pairwise_accumulated(x, window, gamma, _check_block(block))
   if not divergence:

@@ -111,18 +111,17 @@ def dtw_tilings(b: int, t: int, repeats: int) -> list[dict]:
   """Every kernel tiling at one size (full DTW), each checked against the XLA program."""
   import jax
   import numpy as np
-  from ssldml_jax import dtw, dtw_pallas
+  from ssldml_jax import cli, dtw, dtw_pallas
   from ssldml_jax.bench import common
   from ssldml_jax.bench import dtw as bench_dtw
   x = jax.device_put(bench_dtw.make_signals(b, t, seed=1))
   want = np.asarray(dtw.cross_dtw(x, x, impl="xla")) ** 2
-  interpret = jax.default_backend() != "gpu"
+  kernel = dtw._kernel_accumulated  # pylint: disable=protected-access  (interpreted off GPU)
   rows = []
   for lanes in dtw_pallas.LANE_CHOICES:
     for anchors in dtw_pallas.ANCHOR_CHOICES:
-      fn = jax.jit(lambda v, lanes=lanes, anchors=anchors: dtw_pallas.cross_accumulated(
-          *dtw._augment(v, v), lanes=lanes, anchors=anchors,  # pylint: disable=protected-access
-          interpret=interpret))
+      fn = jax.jit(lambda v, lanes=lanes, anchors=anchors: kernel(v, v, None, lanes=lanes,
+                                                                   anchors=anchors))
       row = {"batch": b, "length": t, "lanes": lanes, "anchors": anchors}
       try:
         got = np.asarray(fn(x))
@@ -130,7 +129,7 @@ def dtw_tilings(b: int, t: int, repeats: int) -> list[dict]:
         row["max_rel_diff"] = float(np.max(np.abs(got - want)[off] / want[off]))
         row["seconds"] = common.time_call(lambda fn=fn: fn(x), repeats=repeats)
       except Exception as e:  # pylint: disable=broad-except  # A tiling that fails is a result.
-        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        row["error"] = cli.error_line(e)
       rows.append(row)
       print(f"  tiling lanes={lanes} anchors={anchors}: "
             + (row.get("error") or f"{row['seconds'] * 1e3:.2f} ms, max rel diff "
@@ -162,6 +161,7 @@ def train_step_stage(sizes: dict, env: dict) -> list[dict]:
 
 
 def measure_stage(sizes: dict, tilings: bool) -> dict:
+  from ssldml_jax import cli
   out: dict[str, Any] = {"env": env_stage()}
   print(f"  {out['env']['backend']}: {out['env']['devices']} x {out['env']['device_kind']}, "
         f"jax {out['env']['jax']}", flush=True)
@@ -171,7 +171,7 @@ def measure_stage(sizes: dict, tilings: bool) -> dict:
     try:
       r = dtw_case(b, t, w, sizes["repeats"])
     except Exception as e:  # pylint: disable=broad-except  # Said, then the rest is measured.
-      error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+      error = cli.error_line(e, 300)
       out.setdefault("dtw_failed", []).append({"batch": b, "length": t, "window": w,
                                                "error": error})
       print(f"  DTW B={b} T={t} window={w}: FAILED: {error}", flush=True)
@@ -211,14 +211,15 @@ def mining_time(workdir: str, repeats: int) -> dict:
   from ssldml_jax.bench import common
   from ssldml_jax.bench import dtw as bench_dtw
   from ssldml_jax.data import pipeline
+  from ssldml_jax.methods import ssl_dml
   config = metrics_log.read_config(workdir)
   m = config.mining
   factor = int(m.decimate)
   length = -(-pipeline.dataset_info(config.data)["num_samples"] // factor)
-  window = None if not m.dtw_window else -(-int(m.dtw_window) // factor)
   local = config.data.per_device_batch_size
   n = local * jax.device_count()
   x = jax.device_put(bench_dtw.make_signals(n, length, seed=2))
+  window = ssl_dml.mining_window(config)
   fn = jax.jit(lambda a, b: dtw.cross_dtw(a, b, window=window, impl=m.dtw_impl))
   fn = fn.lower(x[:local], x).compile()
   seconds = common.time_call(lambda: fn(x[:local], x), repeats=repeats)
@@ -360,11 +361,9 @@ def summary_rows(results: dict, quick: bool) -> list[list[str]]:
 
 
 def _write_json(path: str, data: dict) -> None:
+  from ssldml_jax import atomic
   from ssldml_jax.bench import common
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(common.jsonable(data), f, indent=1)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(common.jsonable(data), indent=1))
 
 
 def orchestrate(args: argparse.Namespace) -> int:

@@ -27,12 +27,6 @@ class DamagedDataError(cli.RunError):
   split and file (and record), and how to rebuild it."""
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  line = text.splitlines()[0] if text else ""
-  return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
-
-
 def rebuild_hint(builder: tfds.core.DatasetBuilder) -> str:
   """The command that builds ``builder``'s dataset again, for messages."""
   name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
@@ -50,7 +44,7 @@ def check_dataset(builder: tfds.core.DatasetBuilder, split: str) -> None:
       have = tfds.features.FeatureConnector.from_config(os.fspath(builder.data_path))
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedDataError(f"{builder.info.full_name}: {stored} cannot be read "
-                             f"({_first_line(e)}); " + rebuild_hint(builder)) from None
+                             f"({cli.error_line(e)}); " + rebuild_hint(builder)) from None
   if "ecg" not in have or len(have["ecg"].shape) != 2:
     raise DamagedDataError(f"{builder.info.full_name}: no 'ecg' feature of shape (T, "
                            f"{records.NUM_LEADS}); it was not written by this version; "
@@ -78,7 +72,7 @@ def check_dataset(builder: tfds.core.DatasetBuilder, split: str) -> None:
           reader.read([0])
           detail = ""
         except Exception as e:  # pylint: disable=broad-except  # The reader's own words.
-          detail = f" ({_first_line(e)})"
+          detail = f" ({cli.error_line(e)})"
         raise DamagedDataError(f"{where} is damaged (truncated or overwritten){detail}; "
                                + rebuild_hint(builder))
       if reader.num_records() != instruction.examples_in_shard:
@@ -95,7 +89,7 @@ def damaged_record(builder: tfds.core.DatasetBuilder, split: str, index: int,
   """The error for record ``index`` of ``split`` (an error reading it, or a sentence), naming
   the shard that holds it and its place there."""
   if isinstance(problem, BaseException):
-    problem = f"cannot be read ({_first_line(problem)})"
+    problem = f"cannot be read ({cli.error_line(problem)})"
   where, offset = "", index
   for instruction in builder.info.splits[split].file_instructions:
     if offset < instruction.take:

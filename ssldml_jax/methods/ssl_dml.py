@@ -28,6 +28,12 @@ from ssldml_jax.methods import common, registry
 _READS = common.METRIC_READS + ("mining.neg_topk", "mining.decimate")
 
 
+def mining_window(config: ml_collections.ConfigDict) -> Optional[int]:
+  """``config.mining.dtw_window`` (samples at the model rate; 0: no band) at the mining rate."""
+  m = config.mining
+  return dtw.decimated_window(int(m.dtw_window) if m.dtw_window else None, int(m.decimate))
+
+
 def raw_distance_rows(config: ml_collections.ConfigDict, raw_distance: str, x: jax.Array,
                       mask: jax.Array, axis_name: Optional[str]) -> jax.Array:
   """Raw-signal distances ``(b, N)`` from this device's ECGs to the gathered batch.
@@ -42,8 +48,7 @@ def raw_distance_rows(config: ml_collections.ConfigDict, raw_distance: str, x: j
   xd = lax.stop_gradient(dtw.decimate(x.astype(jnp.float32), factor))
   xg = parallel.gather_global(xd, axis_name)
   if raw_distance == "dtw":
-    window = None if not m.dtw_window else -(-int(m.dtw_window) // factor)
-    d = dtw.cross_dtw(xd, xg, window=window, impl=m.dtw_impl)
+    d = dtw.cross_dtw(xd, xg, window=mining_window(config), impl=m.dtw_impl)
   else:
     d = dtw.cross_euclidean_raw(xd, xg)
   mask_g = parallel.gather_global(mask, axis_name)
