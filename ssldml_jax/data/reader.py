@@ -120,10 +120,15 @@ def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.n
   """``LABEL_FIELDS`` of every record of ``split`` in record order: ids as unicode arrays,
   ``pcwp`` / ``age`` float32 (NaN unknown), ``sex`` int32 (-1 unknown)."""
   source = Records(builder, split)
-  rows = [source[i] for i in range(len(source))]
+  # Columns built while reading: a decoded record's ECG keeps its raw bytes alive.
+  columns: dict[str, list] = {key: [] for key in LABEL_FIELDS}
+  for i in range(len(source)):
+    record = source[i]
+    for key, column in columns.items():
+      column.append(record[key])
   dtypes = {"ecg_id": str, "patient_id": str, "pcwp": np.float32, "age": np.float32,
             "sex": np.int32}
-  return {key: np.asarray([r[key] for r in rows], dtypes[key]) for key in LABEL_FIELDS}
+  return {key: np.asarray(columns[key], dtypes[key]) for key in LABEL_FIELDS}
 
 
 def label_features(builder: tfds.core.DatasetBuilder) -> dict[str, tuple]:
