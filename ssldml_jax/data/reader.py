@@ -10,6 +10,7 @@ the project sees the same values.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Optional
 
@@ -74,14 +75,11 @@ class Records:
   """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
-               indices: Optional[np.ndarray] = None, subset: str = "all", *,
-               checked: bool = False):
-    """``checked``: the features and files were checked already (a subset of checked records);
-    otherwise a damaged split raises ``integrity.DamagedDataError`` here."""
+               indices: Optional[np.ndarray] = None, subset: str = "all"):
+    """A damaged split raises ``integrity.DamagedDataError`` here."""
     self._name, self._split = builder.info.full_name, split
     self._indices, self._subset = indices, subset
-    if not checked:
-      integrity.check_dataset(builder, split)
+    integrity.check_dataset(builder, split)
     self._rate, _ = stored_format(builder)
     ecg = builder.info.features["ecg"]
     if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
@@ -94,7 +92,11 @@ class Records:
     self._builder = builder
 
   def subset(self, indices: np.ndarray, name: str) -> "Records":
-    return Records(self._builder, self._split, indices, name, checked=True)
+    """The records ``indices`` (of the whole split, not of this subset) named ``name``: a copy
+    that shares this one's open, checked source."""
+    out = copy.copy(self)
+    out._indices, out._subset = indices, name
+    return out
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
