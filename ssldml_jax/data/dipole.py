@@ -431,12 +431,13 @@ def _wave_signals(onset, p_ref, t_ref, beat_amp, amp, offset, width, *, u, rate,
   for group, refs, split, two_sided in groups:
     members = [w for w, spec in enumerate(WAVES) if spec[1] == group]
     index = _beat_index(refs, num_t, rate, split)
-    sides = [index]
+    dt_own = t - _gather(refs, index)
+    sides = [(index, dt_own)]
     if two_sided:
-      dt_own = t - _gather(refs, index)
-      sides.append(np.clip(index + np.where(dt_own >= 0, 1, -1).astype(np.int32), 0, num_k - 1))
-    for side, beat in enumerate(sides):
-      dt = (t - _gather(refs, beat)).astype(np.float32)
+      other = np.clip(index + np.where(dt_own >= 0, 1, -1).astype(np.int32), 0, num_k - 1)
+      sides.append((other, t - _gather(refs, other)))
+    for side, (beat, dt) in enumerate(sides):
+      dt = dt.astype(np.float32)
       gathered = {}
       for w in members:
         kind = WAVES[w][2] + ("_t" if group == "T" else "")
