@@ -235,7 +235,7 @@ def render(d: Draws, *, pcwp: np.ndarray, age: np.ndarray, sex: np.ndarray,
   of the truth.
   """
   n = len(pcwp)
-  num_t = int(round(rate * duration_s))
+  num_t = d.emg.shape[-1]  # the draws' samples: rate * duration_s, rounded
   pz, z, u = d.pz, d.z, d.u
   age = np.asarray(age, np.float64)
   male = (np.asarray(sex) == SEX_MALE).astype(np.float64)

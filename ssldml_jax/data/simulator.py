@@ -72,9 +72,9 @@ def _draw_traits(rng: np.random.Generator) -> _Traits:
 def _render(traits: Sequence[_Traits], ecg_draws: Sequence[tuple], *, pcwp, age, sex, phenotype,
             forced: Optional[np.ndarray], rate: int, duration_s: float) -> tuple[np.ndarray, dict]:
   draws = dipole.stack_draws(np.stack([t.normals for t in traits]), ecg_draws)
-  present = conditions.draw(np.stack([t.condition_u for t in traits]), phenotype)
-  if forced is not None:
-    present = forced
+  present = forced
+  if present is None:
+    present = conditions.draw(np.stack([t.condition_u for t in traits]), phenotype)
   mains = np.array([t.mains_hz for t in traits])
   ecg, truth = dipole.render(draws, pcwp=np.clip(pcwp, *PCWP_RANGE), age=age, sex=sex,
                              patient_conditions=present, rate=rate, duration_s=duration_s,
