@@ -60,9 +60,8 @@ _a = np.deg2rad(_CHEST_ANGLES_DEG)
 _BASE_LEAD_VECTORS[:, 2:] = _CHEST_GAINS * np.stack(
     [np.cos(_a), np.full(6, 0.12), np.sin(_a)])
 del _a, _c
-# Columns of the 8 independent leads, and the limb leads as combinations of I and II.
+# Columns of the 8 independent leads.
 _I, _II, _V1, _V3, _V5, _V6 = 0, 1, 2, 4, 6, 7
-_LIMB = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0], [-0.5, -0.5], [1.0, -0.5], [-0.5, 1.0]])
 
 _NOISE_BASIS = 5  # respiratory wander, two slow drifts, mains cos, mains sin.
 _BLOCK = 16       # ECGs whose signals are formed together
@@ -203,10 +202,19 @@ def _qrs_template(offset, width, w2l, grid_s: np.ndarray) -> np.ndarray:
   return np.einsum("ngw,nwl->ngl", np.exp(-0.5 * x * x), w2l[:, idx])
 
 
+def _limb_leads(lead_i: np.ndarray, lead_ii: np.ndarray) -> dict[str, np.ndarray]:
+  """The six limb leads (I, II, III, aVR, aVL, aVF, in this order) as the electrocardiograph
+  derives them from I and II; in the dtype of the inputs."""
+  half = np.float32(0.5)
+  return {"I": lead_i, "II": lead_ii, "III": lead_ii - lead_i, "aVR": -(lead_i + lead_ii) * half,
+          "aVL": lead_i - lead_ii * half, "aVF": lead_ii - lead_i * half}
+
+
 def _voltages(template: np.ndarray) -> dict[str, np.ndarray]:
   """Sokolow-Lyon and Cornell voltages and the largest limb-lead QRS (mV) of a QRS template,
   and its frontal-plane axis (degrees, from the net areas in I and aVF)."""
-  limb = template[:, :, [_I, _II]] @ _LIMB.T
+  # (n, G, 6): I, II, III, aVR, aVL, aVF.
+  limb = np.stack(list(_limb_leads(template[:, :, _I], template[:, :, _II]).values()), axis=-1)
   r = np.maximum(template.max(axis=1), 0.0)
   s = np.maximum(-template.min(axis=1), 0.0)
   r_avl = np.maximum(limb[:, :, 4].max(axis=1), 0.0)
@@ -227,7 +235,7 @@ def render(d: Draws, *, pcwp: np.ndarray, age: np.ndarray, sex: np.ndarray,
   of the truth.
   """
   n = len(pcwp)
-  num_t = int(round(rate * duration_s))
+  num_t = d.emg.shape[-1]  # the draws' samples: rate * duration_s, rounded
   pz, z, u = d.pz, d.z, d.u
   age = np.asarray(age, np.float64)
   male = (np.asarray(sex) == SEX_MALE).astype(np.float64)
@@ -423,12 +431,13 @@ def _wave_signals(onset, p_ref, t_ref, beat_amp, amp, offset, width, *, u, rate,
   for group, refs, split, two_sided in groups:
     members = [w for w, spec in enumerate(WAVES) if spec[1] == group]
     index = _beat_index(refs, num_t, rate, split)
-    sides = [index]
+    dt_own = t - _gather(refs, index)
+    sides = [(index, dt_own)]
     if two_sided:
-      dt_own = t - _gather(refs, index)
-      sides.append(np.clip(index + np.where(dt_own >= 0, 1, -1).astype(np.int32), 0, num_k - 1))
-    for side, beat in enumerate(sides):
-      dt = (t - _gather(refs, beat)).astype(np.float32)
+      other = np.clip(index + np.where(dt_own >= 0, 1, -1).astype(np.int32), 0, num_k - 1)
+      sides.append((other, t - _gather(refs, other)))
+    for side, (beat, dt) in enumerate(sides):
+      dt = dt.astype(np.float32)
       gathered = {}
       for w in members:
         kind = WAVES[w][2] + ("_t" if group == "T" else "")
@@ -504,11 +513,7 @@ def _leads(feats, wave_to_lead, emg, *, u, z, resp_hz, resp_phase, rate, mains_h
   emg_t = lead_major(emg_to_lead)
   eight += np.matmul(emg_t, emg)
   eight -= (0.5 * emg_t.sum(axis=2))[:, :, None].astype(np.float32)
-  # The electrocardiograph derives III and the augmented leads from I and II.
-  lead_i, lead_ii = eight[:, 0], eight[:, 1]
-  half = np.float32(0.5)
-  derived = {"I": lead_i, "II": lead_ii, "III": lead_ii - lead_i, "aVR": -(lead_i + lead_ii) * half,
-             "aVL": lead_i - lead_ii * half, "aVF": lead_ii - lead_i * half}
+  derived = _limb_leads(eight[:, _I], eight[:, _II])
   derived.update({f"V{k + 1}": eight[:, 2 + k] for k in range(6)})
   for index, name in enumerate(LEADS):
     out[:, :, index] = derived[name]

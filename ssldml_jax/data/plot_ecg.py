@@ -143,8 +143,6 @@ def plot_conditions(out_dir: str, sampling_rate: int = 250, seed: int = 0) -> li
   three or more premature beats) with the least noise and the least rotated heart. Returns the
   paths written.
   """
-  import numpy as np
-
   from ssldml_jax.data import conditions, simulator
 
   pages = []

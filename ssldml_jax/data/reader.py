@@ -10,6 +10,7 @@ the project sees the same values.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Optional
 
@@ -74,14 +75,11 @@ class Records:
   """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
-               indices: Optional[np.ndarray] = None, subset: str = "all", *,
-               checked: bool = False):
-    """``checked``: the features and files were checked already (a subset of checked records);
-    otherwise a damaged split raises ``integrity.DamagedDataError`` here."""
+               indices: Optional[np.ndarray] = None, subset: str = "all"):
+    """A damaged split raises ``integrity.DamagedDataError`` here."""
     self._name, self._split = builder.info.full_name, split
     self._indices, self._subset = indices, subset
-    if not checked:
-      integrity.check_dataset(builder, split)
+    integrity.check_dataset(builder, split)
     self._rate, _ = stored_format(builder)
     ecg = builder.info.features["ecg"]
     if getattr(ecg, "_encoding", None) == tfds.features.Encoding.BYTES:
@@ -94,7 +92,11 @@ class Records:
     self._builder = builder
 
   def subset(self, indices: np.ndarray, name: str) -> "Records":
-    return Records(self._builder, self._split, indices, name, checked=True)
+    """The records ``indices`` (of the whole split, not of this subset) named ``name``: a copy
+    that shares this one's open, checked source."""
+    out = copy.copy(self)
+    out._indices, out._subset = indices, name
+    return out
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
@@ -120,10 +122,15 @@ def read_labels(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.n
   """``LABEL_FIELDS`` of every record of ``split`` in record order: ids as unicode arrays,
   ``pcwp`` / ``age`` float32 (NaN unknown), ``sex`` int32 (-1 unknown)."""
   source = Records(builder, split)
-  rows = [source[i] for i in range(len(source))]
+  # Columns built while reading: a decoded record's ECG keeps its raw bytes alive.
+  columns: dict[str, list] = {key: [] for key in LABEL_FIELDS}
+  for i in range(len(source)):
+    record = source[i]
+    for key, column in columns.items():
+      column.append(record[key])
   dtypes = {"ecg_id": str, "patient_id": str, "pcwp": np.float32, "age": np.float32,
             "sex": np.int32}
-  return {key: np.asarray([r[key] for r in rows], dtypes[key]) for key in LABEL_FIELDS}
+  return {key: np.asarray(columns[key], dtypes[key]) for key in LABEL_FIELDS}
 
 
 def label_features(builder: tfds.core.DatasetBuilder) -> dict[str, tuple]:

@@ -72,9 +72,9 @@ def _draw_traits(rng: np.random.Generator) -> _Traits:
 def _render(traits: Sequence[_Traits], ecg_draws: Sequence[tuple], *, pcwp, age, sex, phenotype,
             forced: Optional[np.ndarray], rate: int, duration_s: float) -> tuple[np.ndarray, dict]:
   draws = dipole.stack_draws(np.stack([t.normals for t in traits]), ecg_draws)
-  present = conditions.draw(np.stack([t.condition_u for t in traits]), phenotype)
-  if forced is not None:
-    present = forced
+  present = forced
+  if present is None:
+    present = conditions.draw(np.stack([t.condition_u for t in traits]), phenotype)
   mains = np.array([t.mains_hz for t in traits])
   ecg, truth = dipole.render(draws, pcwp=np.clip(pcwp, *PCWP_RANGE), age=age, sex=sex,
                              patient_conditions=present, rate=rate, duration_s=duration_s,
@@ -174,8 +174,8 @@ class _PendingEcg(NamedTuple):
 
 def generate(split: str, num_patients: int, *, seed: int, sampling_rate: int = 250,
              duration_s: float = 10.0, labeled: bool = True,
-             ecgs_per_patient: tuple[int, int] = (1, 4), chunk_size: int = 256,
-             truth: bool = False) -> Iterator[dict[str, np.ndarray]]:
+             ecgs_per_patient: tuple[int, int] = (1, 4), chunk_size: int = 256
+             ) -> Iterator[dict[str, np.ndarray]]:
   """Yields the ECGs of one split in chunks of ``chunk_size`` (the last may be shorter).
 
   Each chunk is a dict of equal-length arrays: 'ecg' float32 (n, T, 12) mV; 'ecg_id' str,
@@ -183,8 +183,7 @@ def generate(split: str, num_patients: int, *, seed: int, sampling_rate: int = 2
   (splits are patient-disjoint by construction); 'age' float32 years; 'sex' int32 (0 female,
   1 male); 'pcwp' float32 mmHg (NaN when ``labeled`` is False; the latent mPCWP still shapes the
   ECG); 'af' bool (the true rhythm); 'phenotype' int32 (index into ``PHENOTYPES``);
-  'conditions' bool (n, len(CONDITIONS)): what each ECG shows; with ``truth``, 'truth': the
-  ground-truth dict of ``simulate_ecgs`` for the chunk. A patient has
+  'conditions' bool (n, len(CONDITIONS)): what each ECG shows. A patient has
   ``ecgs_per_patient`` = (min, max) ECGs, inclusive. The split name is mixed into the seed, and
   every patient and ECG has its own seed, so the output does not depend on ``chunk_size``.
   """
@@ -217,7 +216,7 @@ def generate(split: str, num_patients: int, *, seed: int, sampling_rate: int = 2
                             pcwp=pcwp, age=age, sex=sex,
                             phenotype=np.array([b.patient.phenotype for b in batch]),
                             forced=None, rate=sampling_rate, duration_s=duration_s)
-    chunk = {
+    return {
         "ecg": ecg,
         "ecg_id": np.array([b.ecg_id for b in batch]),
         "patient_id": np.array([b.patient_id for b in batch]),
@@ -228,9 +227,6 @@ def generate(split: str, num_patients: int, *, seed: int, sampling_rate: int = 2
         "phenotype": features["phenotype"],
         "conditions": features["conditions"],
     }
-    if truth:
-      chunk["truth"] = features
-    return chunk
 
   for index in range(num_patients):
     p = _patient(seed, key, index, (lo, hi))
