@@ -169,6 +169,7 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
   pids = test["patient_id"]
   groups = subgroups_of(test)
   rows, tests, cells = [], [], {}
+  majority = {}  # target -> its majority-class row: the same for every head
   keys = list(dict.fromkeys((f.head, f.target, f.fraction) for f in fits))
   for head, target, fraction in keys:
     chosen = unique_fits([f for f in fits if (f.head, f.target, f.fraction) ==
@@ -182,7 +183,9 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
     if fraction != subsets.FULL:
       continue
     if spec.kind == "binary":
-      rows.append((head, _majority_row(name, target, y, index, pids, p.n_bootstrap)))
+      if target not in majority:
+        majority[target] = _majority_row(name, target, y, index, pids, p.n_bootstrap)
+      rows.append((head, majority[target]))
     if head != p.primary_head:
       continue
     test_names = test_metric_names(config, spec)
