@@ -108,6 +108,14 @@ def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_
                  n_resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, Estimate]:
   """Point estimate and percentile CI of every metric, from ``n_resamples`` patient resamples."""
+  return bootstrap_values(metrics, y, score, patient_ids, n_resamples=n_resamples, seed=seed,
+                          level=level)[0]
+
+
+def bootstrap_values(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, *,
+                     n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[dict[str, Estimate], dict[str, np.ndarray]]:
+  """(``bootstrap_ci``, each metric's resampled values as ``resample_values`` gives them)."""
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} must lie in (0, 1)")
   if n_resamples < 1:
@@ -117,4 +125,4 @@ def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_
   ones = np.ones((1, inverse.size))
   return {name: estimate(float(fn(y, score, ones)[0]), values[name], n_ecgs=inverse.size,
                          n_patients=num_patients, level=level)
-          for name, fn in metrics.items()}
+          for name, fn in metrics.items()}, values

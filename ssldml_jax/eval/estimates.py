@@ -118,15 +118,10 @@ def cell_metrics(fits: Sequence[Fit], target: targets.Target, y: np.ndarray, ind
   of the test split, whose labels are ``y``."""
   names = tuple(names or targets.metric_names(target))
   fns = seed_mean_metrics(fits, names, target, y)
-  values = bootstrap.resample_values(fns, index, index, patient_ids, n_resamples=n_bootstrap,
-                                     seed=BOOTSTRAP_SEED)
-  _, num_patients = bootstrap.patient_index(patient_ids)
-  ones = np.ones((1, len(index)))
+  ests, values = bootstrap.bootstrap_values(fns, index, index, patient_ids,
+                                            n_resamples=n_bootstrap, seed=BOOTSTRAP_SEED)
   sds = pretrain_sd(fits, names, target, y, index)
-  return {name: MetricCell(
-      estimate=bootstrap.estimate(float(fn(index, index, ones)[0]), values[name],
-                                  n_ecgs=len(index), n_patients=num_patients),
-      replicates=values[name], sd=sds[name]) for name, fn in fns.items()}
+  return {name: MetricCell(ests[name], replicates=values[name], sd=sds[name]) for name in fns}
 
 
 def subgroups_of(test: dict) -> dict[str, np.ndarray]:
