@@ -193,15 +193,10 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
         for metric, c in cell_metrics(chosen, spec, y, index[m], pids[m],
                                       n_bootstrap=p.n_bootstrap).items():
           rows.append((head, _row(name, target, metric, c, group=group)))
-      unknown = SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN
-      known = [x for x in subgroups.group_order(g) if x != unknown]
-      pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1:]]
-      if not test_names or not pairs:
-        continue
-      results = subgroups.compare_groups(fns, index, index, pids, g, pairs=pairs,
-                                         labels=y, fits_scores=scores,
-                                         n_resamples=p.n_bootstrap, seed=BOOTSTRAP_SEED,
-                                         mixed="majority")
+      results = subgroups.compare_groups(
+          fns, index, index, pids, g, labels=y, fits_scores=scores, n_resamples=p.n_bootstrap,
+          seed=BOOTSTRAP_SEED, mixed="majority",
+          unknown=SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN)
       tests += [(head, target, r) for r in results]
   return Evaluation(rows, tests, cells)
 

@@ -174,11 +174,12 @@ def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, gro
 def compare_groups(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, groups,
                    *, pairs: Optional[Sequence[tuple[str, str]]] = None, labels=None,
                    fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
-                   seed: int = 0, mixed: str = "error") -> list[GroupTest]:
+                   seed: int = 0, mixed: str = "error",
+                   unknown: str = UNKNOWN) -> list[GroupTest]:
   """``group_test`` of every metric for ``pairs`` of groups (default: all pairs of known groups,
-  'unknown' left out)."""
+  in ``group_order``, the group named ``unknown`` left out)."""
   if pairs is None:
-    known = [g for g in group_order(groups) if g != UNKNOWN]
+    known = [g for g in group_order(groups) if g != unknown]
     pairs = list(itertools.combinations(known, 2))
   return [group_test(name, fn, y, score, patient_ids, groups, a, b, labels=labels,
                      fits_scores=fits_scores, n_resamples=n_resamples, seed=seed, mixed=mixed)
