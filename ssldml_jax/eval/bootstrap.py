@@ -88,17 +88,25 @@ def resample_values(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patie
   return out
 
 
-def estimate(point: float, values: np.ndarray, *, n_ecgs: int, n_patients: int,
-             level: float = 0.95) -> Estimate:
-  """The ``Estimate`` of a metric from its full-set value and its resampled ``values``."""
+def percentile_interval(values: np.ndarray,
+                        level: float = 0.95) -> tuple[float, float, np.ndarray]:
+  """(low, high, the finite values) of replicates ``values``: the (1 - level)/2 and
+  (1 + level)/2 quantiles of the finite ones (NaN marks an undefined resample), NaN if none."""
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} must lie in (0, 1)")
   v = np.asarray(values, np.float64)
   defined = v[np.isfinite(v)]
-  if defined.size:
-    low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-  else:
-    low = high = np.nan
+  if not defined.size:
+    return np.nan, np.nan, defined
+  low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+  return float(low), float(high), defined
+
+
+def estimate(point: float, values: np.ndarray, *, n_ecgs: int, n_patients: int,
+             level: float = 0.95) -> Estimate:
+  """The ``Estimate`` of a metric from its full-set value and its resampled ``values``."""
+  v = np.asarray(values, np.float64)
+  low, high, defined = percentile_interval(v, level)
   return Estimate(point=float(point), low=float(low), high=float(high), n_ecgs=int(n_ecgs),
                   n_patients=int(n_patients), n_resamples=int(v.size),
                   n_undefined=int(v.size - defined.size), level=level)
