@@ -206,12 +206,16 @@ class _Clock:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _drawable_rows(config: ml_collections.ConfigDict, builder) -> tuple[set, list[str]]:
-  """The label rows that can be drawn from the labeled training split, and notes on the others."""
+def _drawable_rows(config: ml_collections.ConfigDict, builder,
+                   split_labels: dict) -> tuple[set, list[str]]:
+  """The label rows that can be drawn from the labeled training split, and notes on the others;
+  ``split_labels``: split -> ``reader.read_labels`` of it (every split of ``builder``)."""
   from ssldml_jax.data import reader
   from ssldml_jax.eval import subsets
 
-  labels = reader.read_labels(builder, config.data.train_split)
+  split = config.data.train_split
+  # A training split the dataset lacks: read_labels raises its error, naming the splits there are.
+  labels = split_labels[split] if split in split_labels else reader.read_labels(builder, split)
   patients = labels["patient_id"][np.isfinite(labels["pcwp"])]
   ok, notes = {subsets.FULL}, []
   for row in limited_rows(config):
@@ -247,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   import jax
 
   from ssldml_jax import metrics_log, train_lib
-  from ssldml_jax.data import build, plot_ecg
+  from ssldml_jax.data import build, plot_ecg, reader
   from ssldml_jax.eval import cohort_table, premise, probe_lib, tables
 
   root = workdirs.prepare(workdir)
@@ -262,8 +266,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   print(f"data in {builder.data_dir}", flush=True)
 
   clock.banner("cohort")
+  # Each split's labels, read once: the cohort table and the label rows that can be drawn.
+  split_labels = {split: reader.read_labels(builder, split) for split in builder.info.splits}
   table, example = cohort_table.build(builder, float(config.task.pcwp_threshold),
-                                      config.example_ecg_split)
+                                      config.example_ecg_split, split_labels)
   chief = jax.process_index() == 0
   if chief:
     tables.write_table(table, os.path.join(root, "tables", "cohort"))
@@ -285,7 +291,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
       os.replace(pages + ".tmp", pages)
     print(f"one 12-lead page per condition of the synthetic cohort: {pages}", flush=True)
 
-  rows_ok, notes = _drawable_rows(config, builder)
+  rows_ok, notes = _drawable_rows(config, builder, split_labels)
   if config.compare_to and config.compare_to not in methods:
     print(f"note: config.compare_to={config.compare_to!r} is not among config.methods: the "
           "comparisons are against the random encoder only", flush=True)
