@@ -276,7 +276,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   print(tables.to_markdown(table), flush=True)
   example_path = os.path.join(root, "plots", "example_ecg.png")
   if chief and example is not None and not os.path.isfile(example_path):
-    os.makedirs(os.path.dirname(example_path), exist_ok=True)
     plot_ecg.plot_12lead(example["ecg_mv"], example["rate"], example_path,
                          title=f"{example['ecg_id']} ({config.data.name}, "
                                f"{config.example_ecg_split})")
@@ -320,31 +319,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
       train_lib.train_and_evaluate(stage.config, target)
       continue
     clock.banner(stage.path)
-    if chief:
-      os.makedirs(target, exist_ok=True)
+    if chief:  # write_config makes the directory
       metrics_log.write_config(target, stage.config)
     probes[stage.method].append(probe_lib.run_probe(stage.config, target, name=stage.method,
                                                     estimate=False))
 
   clock.banner("report")
-  made = _report(config, root, probes, premises, notes)
+  made = _report(config, root, builder, labels, probes, premises, notes)
   print(f"total {clock.elapsed()} (m:ss); the cohort is synthetic: these figures say nothing "
         "about real patients.", flush=True)
   return made
 
 
-def _report(config: ml_collections.ConfigDict, root: str, probes: dict, premises: dict,
-            notes: Sequence[str]) -> dict:
-  """Pools each method's probes, compares the methods, writes and prints the tables."""
-  from ssldml_jax.data import pipeline
+def _report(config: ml_collections.ConfigDict, root: str, builder, labels: dict, probes: dict,
+            premises: dict, notes: Sequence[str]) -> dict:
+  """Pools each method's probes, compares the methods, writes and prints the tables; ``labels``:
+  method -> its name in the tables."""
   from ssldml_jax.eval import comparisons, pooling, probe_config, probe_lib, report, tables
 
   methods = config.methods
-  labels = {m: methods_lib.get(m).label for m in methods}
   # The probe's keys as every probe of the job has them, before the per-stage rows and seeds.
   report_config = probe_config.probe_stage_config(
       replicate_config(config, config.pretrain_seeds[0]), "", None)
-  builder = pipeline.load_builder(config.data)
   probe_targets, _ = probe_lib.resolve_targets(report_config, builder, config.data.train_split)
   first = next(o for m in methods for o in probes[m])
   splits = {role: pooling.labeled_split(first, builder, config.data[f"{role}_split"], role,
