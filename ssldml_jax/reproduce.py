@@ -206,12 +206,16 @@ class _Clock:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _drawable_rows(config: ml_collections.ConfigDict, builder) -> tuple[set, list[str]]:
-  """The label rows that can be drawn from the labeled training split, and notes on the others."""
+def _drawable_rows(config: ml_collections.ConfigDict, builder,
+                   split_labels: dict) -> tuple[set, list[str]]:
+  """The label rows that can be drawn from the labeled training split, and notes on the others;
+  ``split_labels``: split -> ``reader.read_labels`` of it (every split of ``builder``)."""
   from ssldml_jax.data import reader
   from ssldml_jax.eval import subsets
 
-  labels = reader.read_labels(builder, config.data.train_split)
+  split = config.data.train_split
+  # A training split the dataset lacks: read_labels raises its error, naming the splits there are.
+  labels = split_labels[split] if split in split_labels else reader.read_labels(builder, split)
   patients = labels["patient_id"][np.isfinite(labels["pcwp"])]
   ok, notes = {subsets.FULL}, []
   for row in limited_rows(config):
@@ -247,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   import jax
 
   from ssldml_jax import metrics_log, train_lib
-  from ssldml_jax.data import build, plot_ecg
+  from ssldml_jax.data import build, plot_ecg, reader
   from ssldml_jax.eval import cohort_table, premise, probe_lib, tables
 
   root = workdirs.prepare(workdir)
@@ -262,15 +266,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
   print(f"data in {builder.data_dir}", flush=True)
 
   clock.banner("cohort")
+  # Each split's labels, read once: the cohort table and the label rows that can be drawn.
+  split_labels = {split: reader.read_labels(builder, split) for split in builder.info.splits}
   table, example = cohort_table.build(builder, float(config.task.pcwp_threshold),
-                                      config.example_ecg_split)
+                                      config.example_ecg_split, split_labels)
   chief = jax.process_index() == 0
   if chief:
     tables.write_table(table, os.path.join(root, "tables", "cohort"))
   print(tables.to_markdown(table), flush=True)
   example_path = os.path.join(root, "plots", "example_ecg.png")
   if chief and example is not None and not os.path.isfile(example_path):
-    os.makedirs(os.path.dirname(example_path), exist_ok=True)
     plot_ecg.plot_12lead(example["ecg_mv"], example["rate"], example_path,
                          title=f"{example['ecg_id']} ({config.data.name}, "
                                f"{config.example_ecg_split})")
@@ -285,7 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
       os.replace(pages + ".tmp", pages)
     print(f"one 12-lead page per condition of the synthetic cohort: {pages}", flush=True)
 
-  rows_ok, notes = _drawable_rows(config, builder)
+  rows_ok, notes = _drawable_rows(config, builder, split_labels)
   if config.compare_to and config.compare_to not in methods:
     print(f"note: config.compare_to={config.compare_to!r} is not among config.methods: the "
           "comparisons are against the random encoder only", flush=True)
@@ -314,31 +319,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides: Iterable[str
       train_lib.train_and_evaluate(stage.config, target)
       continue
     clock.banner(stage.path)
-    if chief:
-      os.makedirs(target, exist_ok=True)
+    if chief:  # write_config makes the directory
       metrics_log.write_config(target, stage.config)
     probes[stage.method].append(probe_lib.run_probe(stage.config, target, name=stage.method,
                                                     estimate=False))
 
   clock.banner("report")
-  made = _report(config, root, probes, premises, notes)
+  made = _report(config, root, builder, labels, probes, premises, notes)
   print(f"total {clock.elapsed()} (m:ss); the cohort is synthetic: these figures say nothing "
         "about real patients.", flush=True)
   return made
 
 
-def _report(config: ml_collections.ConfigDict, root: str, probes: dict, premises: dict,
-            notes: Sequence[str]) -> dict:
-  """Pools each method's probes, compares the methods, writes and prints the tables."""
-  from ssldml_jax.data import pipeline
+def _report(config: ml_collections.ConfigDict, root: str, builder, labels: dict, probes: dict,
+            premises: dict, notes: Sequence[str]) -> dict:
+  """Pools each method's probes, compares the methods, writes and prints the tables; ``labels``:
+  method -> its name in the tables."""
   from ssldml_jax.eval import comparisons, pooling, probe_config, probe_lib, report, tables
 
   methods = config.methods
-  labels = {m: methods_lib.get(m).label for m in methods}
   # The probe's keys as every probe of the job has them, before the per-stage rows and seeds.
   report_config = probe_config.probe_stage_config(
       replicate_config(config, config.pretrain_seeds[0]), "", None)
-  builder = pipeline.load_builder(config.data)
   probe_targets, _ = probe_lib.resolve_targets(report_config, builder, config.data.train_split)
   first = next(o for m in methods for o in probes[m])
   splits = {role: pooling.labeled_split(first, builder, config.data[f"{role}_split"], role,

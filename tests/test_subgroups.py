@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from ssldml_jax.eval import estimates, fitting, targets
 from ssldml_jax.eval import metrics as M
 from ssldml_jax.eval import subgroups as S
 
@@ -32,17 +33,24 @@ def _cohort(rng, patients=40, per_patient=3, informative_a=0.0, informative_b=0.
   return y_patient[pid], score, pid, group
 
 
-def test_subgroup_estimates_equal_metric_on_subset():
+def test_subgroup_cells_equal_metric_on_subset():
+  """Each group's cell, made as ``estimates.evaluate`` makes it (``cell_metrics`` on the group's
+  rows, groups in ``group_order``), is the metric on that subset."""
   rng = np.random.default_rng(0)
   y, score, pid, _ = _cohort(rng, informative_a=1.0, informative_b=1.0)
   age = rng.choice([25.0, 60.0, 80.0], size=40)[pid]
   groups = S.age_bands(age)
-  est = S.subgroup_estimates({"auroc": M.auroc_batch}, y, score, pid, groups, n_resamples=50)
+  fit = fitting.Fit(head="linear", target="binary", fraction="100%", seed=0, n_train=1,
+                    test_scores=score, val_scores=score, threshold=0.0, info={})
+  index = np.arange(y.size, dtype=np.float64)
+  est = {g: estimates.cell_metrics([fit], targets.parse("binary", 18.0), y, index[groups == g],
+                                   pid[groups == g], n_bootstrap=50, names=("auroc",))
+         for g in S.group_order(groups)}
   assert list(est) == ["18-35", "50-75", ">=75"]
   for g, by_metric in est.items():
     m = groups == g
-    assert by_metric["auroc"].point == pytest.approx(M.auroc(y[m], score[m]))
-    assert by_metric["auroc"].n_ecgs == m.sum()
+    assert by_metric["auroc"].estimate.point == pytest.approx(M.auroc(y[m], score[m]))
+    assert by_metric["auroc"].estimate.n_ecgs == m.sum()
 
 
 def _prevalence_cohort(rng, patients=160, prevalence=(0.2, 0.6), signal=(1.0, 1.0)):

@@ -75,9 +75,11 @@ def _tables() -> dict:
               comparisons.Comparison("ssl", "simclr", "regression", "1%", "rmse", diff, 0.7)]
   premises = [premise.Premise(m, 30, 1920, {k: (v, v - 0.25, v + 0.5) for k in premise.STATS})
               for m, v in (("dtw", 0.5), ("euclidean", -0.125))]
-  return {"classification": T.classification_table(rows + odd, caption="Elevated mPCWP"),
-          "regression": T.regression_table(
-              rows + [T.Row("random_init", "regression", "mae", 6.5, math.nan, math.nan, 480)]),
+  return {"classification": T.target_table(rows + odd, "binary", T.CLASSIFICATION_COLUMNS,
+                                             caption="Elevated mPCWP"),
+          "regression": T.target_table(
+              rows + [T.Row("random_init", "regression", "mae", 6.5, math.nan, math.nan, 480)],
+              "regression", T.REGRESSION_COLUMNS, caption="mPCWP regression (mmHg)"),
           "subgroups": T.subgroup_table(rows),
           "fractions": T.label_fraction_table(rows),
           "group_tests": T.group_test_table(_group_tests()),
@@ -103,7 +105,7 @@ def test_tables_round_trip_exactly(name, tmp_path):
 
 
 def test_classification_table_cells():
-  table = T.classification_table(_rows())
+  table = T.target_table(_rows(), "binary", T.CLASSIFICATION_COLUMNS)
   assert table.header == ("Method", "n", "AUROC", "AUPRC", "F1", "Accuracy", "Sensitivity",
                           "Specificity", "PPV", "NPV")
   assert table.body == (("SSL-DML", "500", "0.812 (0.790-0.834)", "0.610 (0.550-0.670)",
@@ -119,7 +121,7 @@ def test_classification_table_cells():
 
 
 def test_negative_numbers_and_latex_minus():
-  table = T.regression_table(_rows())
+  table = T.target_table(_rows(), "regression", T.REGRESSION_COLUMNS)
   assert table.body[0][2:] == ("7.891 (7.500-8.300)", "n/a", "-0.120 (-0.205--0.040)")
   assert T.parse_cell("-0.120 (-0.205--0.040)") == (-0.12, -0.205, -0.04)
   tex = T.to_latex(table)
@@ -152,7 +154,7 @@ def test_subgroup_fraction_and_group_test_tables():
 def test_duplicate_results_are_an_error():
   rows = _rows() + [T.Row("SSL-DML", "binary", "auroc", 0.9, 0.8, 0.95, 500)]
   with pytest.raises(ValueError, match="two results for {'method': 'SSL-DML'} / metric='auroc'"):
-    T.classification_table(rows)
+    T.target_table(rows, "binary", T.CLASSIFICATION_COLUMNS)
 
 
 def test_plots_write_pngs_and_pca_matches_sklearn(tmp_path):

@@ -88,17 +88,25 @@ def resample_values(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patie
   return out
 
 
-def estimate(point: float, values: np.ndarray, *, n_ecgs: int, n_patients: int,
-             level: float = 0.95) -> Estimate:
-  """The ``Estimate`` of a metric from its full-set value and its resampled ``values``."""
+def percentile_interval(values: np.ndarray,
+                        level: float = 0.95) -> tuple[float, float, np.ndarray]:
+  """(low, high, the finite values) of replicates ``values``: the (1 - level)/2 and
+  (1 + level)/2 quantiles of the finite ones (NaN marks an undefined resample), NaN if none."""
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} must lie in (0, 1)")
   v = np.asarray(values, np.float64)
   defined = v[np.isfinite(v)]
-  if defined.size:
-    low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-  else:
-    low = high = np.nan
+  if not defined.size:
+    return np.nan, np.nan, defined
+  low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+  return float(low), float(high), defined
+
+
+def estimate(point: float, values: np.ndarray, *, n_ecgs: int, n_patients: int,
+             level: float = 0.95) -> Estimate:
+  """The ``Estimate`` of a metric from its full-set value and its resampled ``values``."""
+  v = np.asarray(values, np.float64)
+  low, high, defined = percentile_interval(v, level)
   return Estimate(point=float(point), low=float(low), high=float(high), n_ecgs=int(n_ecgs),
                   n_patients=int(n_patients), n_resamples=int(v.size),
                   n_undefined=int(v.size - defined.size), level=level)
@@ -108,6 +116,14 @@ def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_
                  n_resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, Estimate]:
   """Point estimate and percentile CI of every metric, from ``n_resamples`` patient resamples."""
+  return bootstrap_values(metrics, y, score, patient_ids, n_resamples=n_resamples, seed=seed,
+                          level=level)[0]
+
+
+def bootstrap_values(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, *,
+                     n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[dict[str, Estimate], dict[str, np.ndarray]]:
+  """(``bootstrap_ci``, each metric's resampled values as ``resample_values`` gives them)."""
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} must lie in (0, 1)")
   if n_resamples < 1:
@@ -117,4 +133,4 @@ def bootstrap_ci(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_
   ones = np.ones((1, inverse.size))
   return {name: estimate(float(fn(y, score, ones)[0]), values[name], n_ecgs=inverse.size,
                          n_patients=num_patients, level=level)
-          for name, fn in metrics.items()}
+          for name, fn in metrics.items()}, values

@@ -8,7 +8,7 @@ ECG) and "<18 / unknown". Labels come from ``reader.read_labels``, as every read
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -36,14 +36,19 @@ def _row(split: str, labels: dict, threshold: float) -> tuple[str, ...]:
              f"{int((age == subgroups.UNKNOWN).sum())}",))
 
 
-def build(builder, threshold: float, example_split: str) -> tuple[tables.Table, Optional[dict]]:
+def build(builder, threshold: float, example_split: str,
+          labels: Optional[Mapping[str, dict]] = None) -> tuple[tables.Table, Optional[dict]]:
   """(the cohort table of every split of ``builder``, the first ECG of ``example_split`` as
-  ``reader.first_ecg`` gives it, None if that split is empty or missing)."""
+  ``reader.first_ecg`` gives it, None if that split is empty or missing).
+
+  ``labels``: split -> ``reader.read_labels`` of it, for a caller that has them already (default:
+  read here)."""
+  if labels is None:
+    labels = {split: reader.read_labels(builder, split) for split in builder.info.splits}
   header = ("Split", "ECGs", "Patients", "mPCWP known", "mPCWP mean (SD)",
             f"mPCWP > {threshold:g}", "Female", "Male", "Sex unknown") + tuple(
                 b[2] for b in subgroups.AGE_BANDS) + ("Age <18 / unknown",)
-  body = tuple(_row(split, reader.read_labels(builder, split), threshold)
-               for split in builder.info.splits)
+  body = tuple(_row(split, labels[split], threshold) for split in builder.info.splits)
   example = (reader.first_ecg(builder, example_split) if example_split in builder.info.splits
              else None)
   return tables.Table(header=header, body=body,

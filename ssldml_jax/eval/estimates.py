@@ -118,15 +118,10 @@ def cell_metrics(fits: Sequence[Fit], target: targets.Target, y: np.ndarray, ind
   of the test split, whose labels are ``y``."""
   names = tuple(names or targets.metric_names(target))
   fns = seed_mean_metrics(fits, names, target, y)
-  values = bootstrap.resample_values(fns, index, index, patient_ids, n_resamples=n_bootstrap,
-                                     seed=BOOTSTRAP_SEED)
-  _, num_patients = bootstrap.patient_index(patient_ids)
-  ones = np.ones((1, len(index)))
+  ests, values = bootstrap.bootstrap_values(fns, index, index, patient_ids,
+                                            n_resamples=n_bootstrap, seed=BOOTSTRAP_SEED)
   sds = pretrain_sd(fits, names, target, y, index)
-  return {name: MetricCell(
-      estimate=bootstrap.estimate(float(fn(index, index, ones)[0]), values[name],
-                                  n_ecgs=len(index), n_patients=num_patients),
-      replicates=values[name], sd=sds[name]) for name, fn in fns.items()}
+  return {name: MetricCell(ests[name], replicates=values[name], sd=sds[name]) for name in fns}
 
 
 def subgroups_of(test: dict) -> dict[str, np.ndarray]:
@@ -169,6 +164,7 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
   pids = test["patient_id"]
   groups = subgroups_of(test)
   rows, tests, cells = [], [], {}
+  majority = {}  # target -> its majority-class row: the same for every head
   keys = list(dict.fromkeys((f.head, f.target, f.fraction) for f in fits))
   for head, target, fraction in keys:
     chosen = unique_fits([f for f in fits if (f.head, f.target, f.fraction) ==
@@ -182,7 +178,9 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
     if fraction != subsets.FULL:
       continue
     if spec.kind == "binary":
-      rows.append((head, _majority_row(name, target, y, index, pids, p.n_bootstrap)))
+      if target not in majority:
+        majority[target] = _majority_row(name, target, y, index, pids, p.n_bootstrap)
+      rows.append((head, majority[target]))
     if head != p.primary_head:
       continue
     test_names = test_metric_names(config, spec)
@@ -195,15 +193,10 @@ def evaluate(config: ml_collections.ConfigDict, fits: Sequence[Fit], test: dict,
         for metric, c in cell_metrics(chosen, spec, y, index[m], pids[m],
                                       n_bootstrap=p.n_bootstrap).items():
           rows.append((head, _row(name, target, metric, c, group=group)))
-      unknown = SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN
-      known = [x for x in subgroups.group_order(g) if x != unknown]
-      pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1:]]
-      if not test_names or not pairs:
-        continue
-      results = subgroups.compare_groups(fns, index, index, pids, g, pairs=pairs,
-                                         labels=y, fits_scores=scores,
-                                         n_resamples=p.n_bootstrap, seed=BOOTSTRAP_SEED,
-                                         mixed="majority")
+      results = subgroups.compare_groups(
+          fns, index, index, pids, g, labels=y, fits_scores=scores, n_resamples=p.n_bootstrap,
+          seed=BOOTSTRAP_SEED, mixed="majority",
+          unknown=SEX_UNKNOWN if kind == "sex" else AGE_UNKNOWN)
       tests += [(head, target, r) for r in results]
   return Evaluation(rows, tests, cells)
 

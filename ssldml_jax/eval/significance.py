@@ -8,10 +8,11 @@ A difference is read from bootstrap replicates of the two values:
 - **independent** (two disjoint groups of patients): each group is resampled on its own, with its
   own seed, so the replicates of the two values are independent.
 
-The interval is the percentile interval of the replicated differences (resamples on which
-either value is undefined are skipped and counted). The two-sided p-value of "no difference" is
-that of the z statistic ``d / se``, ``se`` the standard deviation of the replicated differences
-(the bootstrap standard error; normal approximation, as DeLong's test). A percentile p-value,
+The interval is the percentile interval of the replicated differences
+(``bootstrap.percentile_interval``; resamples on which either value is undefined are skipped and
+counted). The two-sided p-value of "no difference" is that of the z statistic ``d / se``, ``se``
+the standard deviation of the replicated differences (the bootstrap standard error; normal
+approximation, as DeLong's test). A percentile p-value,
 ``2 min(#{d* <= 0}, #{d* >= 0}) / R``, cannot go below ``2 / (R + 1)``: 0.002 at R = 1000, which
 Holm's adjustment over a table of 100 comparisons turns into 0.2, so no difference could ever
 hold. When the replicates are close to normal the two agree: the interval excludes 0 about when
@@ -28,6 +29,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from ssldml_jax.eval import bootstrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +55,10 @@ def difference(point_a: float, values_a: np.ndarray, point_b: float, values_b: n
   if values_a.shape != values_b.shape or values_a.ndim != 1:
     raise ValueError(f"replicates of shape {values_a.shape} and {values_b.shape}; expected two "
                      "vectors of the same length")
-  if not 0.0 < level < 1.0:
-    raise ValueError(f"level={level} must lie in (0, 1)")
   d = values_a - values_b
-  defined = d[np.isfinite(d)]
+  low, high, defined = bootstrap.percentile_interval(d, level)
   point = float(point_a) - float(point_b)
   if defined.size and math.isfinite(point):
-    low, high = np.quantile(defined, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     p = wald_p(point, float(np.std(defined, ddof=1)) if defined.size > 1 else 0.0)
   else:
     low = high = p = math.nan

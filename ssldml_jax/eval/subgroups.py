@@ -1,4 +1,5 @@
-"""Subgroups by sex and age band: metrics with patient-bootstrap CIs and tests between groups.
+"""Subgroups by sex and age band, and tests between groups (each group's cell with its
+patient-bootstrap CI is ``estimates.cell_metrics`` on the group's rows).
 
 Age bands are half-open, [18, 35), [35, 50), [50, 75), [75, inf), labelled '18-35', '35-50',
 '50-75', '>=75'; an age of exactly 35 is in '35-50'. Ages below 18 fall in '<18' and unknown ages
@@ -70,19 +71,6 @@ def group_order(groups) -> list[str]:
   present = set(np.unique(np.asarray(groups)).tolist())
   canonical = ["female", "male"] + [b[2] for b in AGE_BANDS] + [AGE_UNDER_18, UNKNOWN]
   return [g for g in canonical if g in present] + sorted(present - set(canonical))
-
-
-def subgroup_estimates(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids,
-                       groups, *, n_resamples: int = 1000,
-                       seed: int = 0) -> dict[str, dict[str, bootstrap.Estimate]]:
-  """group -> metric -> Estimate, each group bootstrapped over its own patients."""
-  y, score, patient_ids, groups = _aligned(y, score, patient_ids, groups)
-  out = {}
-  for g in group_order(groups):
-    m = groups == g
-    out[g] = bootstrap.bootstrap_ci(metrics, y[m], score[m], patient_ids[m],
-                                    n_resamples=n_resamples, seed=seed)
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,11 +174,12 @@ def group_test(metric: str, fn: metrics_lib.MetricFn, y, score, patient_ids, gro
 def compare_groups(metrics: Mapping[str, metrics_lib.MetricFn], y, score, patient_ids, groups,
                    *, pairs: Optional[Sequence[tuple[str, str]]] = None, labels=None,
                    fits_scores: Optional[np.ndarray] = None, n_resamples: int = 1000,
-                   seed: int = 0, mixed: str = "error") -> list[GroupTest]:
+                   seed: int = 0, mixed: str = "error",
+                   unknown: str = UNKNOWN) -> list[GroupTest]:
   """``group_test`` of every metric for ``pairs`` of groups (default: all pairs of known groups,
-  'unknown' left out)."""
+  in ``group_order``, the group named ``unknown`` left out)."""
   if pairs is None:
-    known = [g for g in group_order(groups) if g != UNKNOWN]
+    known = [g for g in group_order(groups) if g != unknown]
     pairs = list(itertools.combinations(known, 2))
   return [group_test(name, fn, y, score, patient_ids, groups, a, b, labels=labels,
                      fits_scores=fits_scores, n_resamples=n_resamples, seed=seed, mixed=mixed)

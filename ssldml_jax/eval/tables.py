@@ -146,19 +146,6 @@ def pivot(rows: Iterable[Row], index: Sequence[str], column: str,
   return Table(header=header, body=tuple(body), caption=caption)
 
 
-def classification_table(rows: Iterable[Row], caption: str = "Elevated mPCWP (> 18 mmHg)",
-                         columns: Sequence[str] = CLASSIFICATION_COLUMNS) -> Table:
-  rows = [r for r in rows if r.target == "binary" and r.group == "all" and r.fraction == "100%"]
-  return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
-
-
-def regression_table(rows: Iterable[Row], caption: str = "mPCWP regression (mmHg)",
-                     columns: Sequence[str] = REGRESSION_COLUMNS) -> Table:
-  rows = [r for r in rows
-          if r.target == "regression" and r.group == "all" and r.fraction == "100%"]
-  return pivot(rows, ("method",), "metric", columns, labels=METRIC_LABELS, caption=caption)
-
-
 def metric_label(metric: str) -> str:
   """The column label of a metric: ``METRIC_LABELS``, or 'AUROC NORM' for ``auroc_NORM`` (one
   label or class of a multi-label or multi-class target)."""
@@ -194,7 +181,7 @@ def label_fraction_table(rows: Iterable[Row], metric: str = "auroc", caption: st
   fractions = sorted(dict.fromkeys([r.fraction for r in rows] + list(fractions)),
                      key=_fraction_key)
   return pivot(rows, ("method",), "fraction", fractions, labels={}, show_n=False,
-               caption=caption or f"{METRIC_LABELS.get(metric, metric)} by label fraction")
+               caption=caption or f"{metric_label(metric)} by label fraction")
 
 
 def _fraction_key(name: str) -> tuple:
