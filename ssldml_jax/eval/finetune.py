@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -114,17 +114,18 @@ def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> 
   return head_training.scores_of(np.concatenate(out).astype(np.float64))
 
 
-def predict_scores(model_config: ml_collections.ConfigDict, variables: dict,
-                   output: head_training.OutputMap, ecg: np.ndarray, *, width: int,
-                   per_device_batch_size: int) -> np.ndarray:
-  """Scores of a fine-tuned model (``HeadResult.best_variables``, its output map) for raw ECGs
-  ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training."""
+def predictor(model_config: ml_collections.ConfigDict, variables: dict,
+              output: head_training.OutputMap, *, width: int,
+              per_device_batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+  """``f(ecg) -> scores`` of a fine-tuned model (``HeadResult.best_variables``, its output map)
+  for raw ECGs ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training. The
+  variables are placed on the devices once, here, for every call of ``f``."""
   model_json = model_config.to_json(sort_keys=True)
   # The optimiser and dropout rate do not enter a prediction.
   _, _, _, _, p_predict, _ = _compiled(model_json, output.task, width, 0.0, 0.0, 0.0)
   p_params = parallel.replicate(variables["params"])
   p_stats = parallel.replicate(variables["batch_stats"])
-  return output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
+  return lambda ecg: output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
 
 
 def require_single_process() -> None:

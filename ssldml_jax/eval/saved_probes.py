@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -199,6 +199,10 @@ class SavedProbe:
   record_format: ecg_files.RecordFormat
   targets: list
   ensembles: list
+  # Read and prepared once per file (``arrays``, ``fit_scores``), not per batch of ECGs.
+  _arrays: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+  _scorers: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
   @property
   def primary_head(self) -> str:
@@ -208,36 +212,49 @@ class SavedProbe:
     return next(e for e in self.manifest["fits"] if e["file"] == name)
 
   def arrays(self, name: str) -> dict[str, np.ndarray]:
-    """The arrays of the saved fit in file ``name`` (module docstring)."""
-    path = os.path.join(self.directory, name)
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-      raise ProbeFileError(f"{path}: unreadable saved head ({e})") from None
+    """The arrays of the saved fit in file ``name`` (module docstring), read once: later calls
+    return the same dict, which callers must not change."""
+    if name not in self._arrays:
+      path = os.path.join(self.directory, name)
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          self._arrays[name] = {k: f[k] for k in f.files}
+      except (OSError, ValueError) as e:
+        raise ProbeFileError(f"{path}: unreadable saved head ({e})") from None
+    return self._arrays[name]
 
   def fit_scores(self, name: str, target: targets.Target, embedding: np.ndarray,
                  ecg: Optional[np.ndarray], per_device_batch_size: int) -> np.ndarray:
     """Scores of one saved fit: from the embeddings (linear, MLP) or the model input ECGs
     (fine-tuned)."""
+    key = (name, target, per_device_batch_size)
+    if key not in self._scorers:  # each batch of ``predict`` reuses it
+      self._scorers[key] = self._scorer(name, target, per_device_batch_size)
+    return self._scorers[key](embedding, ecg)
+
+  def _scorer(self, name: str, target: targets.Target,
+              per_device_batch_size: int) -> Callable[[np.ndarray, Optional[np.ndarray]],
+                                                      np.ndarray]:
+    """``f(embedding, ecg) -> scores`` of the saved fit in file ``name``."""
     entry, arrays = self._fit(name), self.arrays(name)
-    std = (linear_probe.Standardizer(arrays.pop("mean"), arrays.pop("scale"))
+    std = (linear_probe.Standardizer(arrays["mean"], arrays["scale"])
            if "mean" in arrays else None)
     if entry["head"] == "linear":
-      z = std(embedding) @ arrays["coef"] + arrays["intercept"]
-      return linear_probe.scores(target.kind, z)
+      return lambda embedding, ecg: linear_probe.scores(
+          target.kind, std(embedding) @ arrays["coef"] + arrays["intercept"])
     output = head_training.OutputMap(**entry["output"])
-    variables = unflatten(arrays)["variables"]
+    variables = unflatten({k: v for k, v in arrays.items()
+                           if k.startswith("variables/")})["variables"]
     if entry["head"] == "mlp":
       from ssldml_jax.eval import mlp_probe
 
-      return mlp_probe.predict_scores(variables, std, output, embedding, width=target.width,
-                                      **self.manifest["mlp"])
+      return lambda embedding, ecg: mlp_probe.predict_scores(
+          variables, std, output, embedding, width=target.width, **self.manifest["mlp"])
     from ssldml_jax.eval import finetune
 
-    return finetune.predict_scores(self.encoder.model_config, variables, output, ecg,
-                                   width=target.width,
-                                   per_device_batch_size=per_device_batch_size)
+    predict = finetune.predictor(self.encoder.model_config, variables, output,
+                                 width=target.width, per_device_batch_size=per_device_batch_size)
+    return lambda embedding, ecg: predict(ecg)
 
   def scores(self, embedding: np.ndarray, ecg: Optional[np.ndarray] = None, *,
              per_device_batch_size: int = 32) -> dict[tuple[str, str], np.ndarray]:
