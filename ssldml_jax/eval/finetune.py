@@ -99,19 +99,10 @@ def _compiled(model_json: str, task: str, width: int, learning_rate: float, weig
 
 
 def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> np.ndarray:
-  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches: (n,) for one
-  output, else (n, K)."""
-  n_dev = jax.local_device_count()
-  size = n_dev * per_device
-  out = []
-  for lo in range(0, ecg.shape[0], size):
-    chunk = ecg[lo:lo + size]
-    padded = np.pad(chunk, ((0, size - chunk.shape[0]), (0, 0), (0, 0)))
-    x = jax.device_put(padded.reshape((n_dev, per_device) + padded.shape[1:]),
-                       parallel.device_sharding())
-    value = np.asarray(p_predict(p_params, p_stats, x))
-    out.append(value.reshape((size,) + value.shape[2:])[:chunk.shape[0]])
-  return head_training.scores_of(np.concatenate(out).astype(np.float64))
+  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches
+  (``embed.map_batches``): (n,) for one output, else (n, K)."""
+  out = embed.map_batches(lambda x: p_predict(p_params, p_stats, x), ecg, per_device)
+  return head_training.scores_of(out.astype(np.float64))
 
 
 def predictor(model_config: ml_collections.ConfigDict, variables: dict,
