@@ -42,7 +42,8 @@ import numpy as np
 
 from ssldml_jax import atomic
 from ssldml_jax.data import ecg_files
-from ssldml_jax.eval import embed, head_training, linear_probe, subsets, targets
+from ssldml_jax.eval import (embed, head_training, linear_probe, probe_files, subsets,
+                             targets)
 from ssldml_jax.eval.fitting import Fit
 
 HEADS_DIR = "heads"
@@ -143,7 +144,6 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
   manifest is written last, so a directory holding it is complete."""
   p = config.probe
   os.makedirs(directory, exist_ok=True)
-  by_name = targets.by_name(probe_targets)
   entries, seeds_of = [], {}
   for fit in fits:  # a fit standing for several seeds (the linear probe at 100%) is saved once
     seeds_of.setdefault(id(fit.test_scores), (fit, []))[1].append(fit.seed)
@@ -160,11 +160,9 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
                 (head, target.name, subsets.FULL)]
       if not chosen:
         continue
-      mean_val = np.mean([f.val_scores for f in fits if (f.head, f.target, f.fraction) ==
-                          (head, target.name, subsets.FULL)], axis=0)
+      mean_val = probe_files.seed_mean(fits, head, target.name, "val_scores")
       threshold = head_training.choose_thresholds(
-          target.kind, targets.values(validation, by_name[target.name]), mean_val,
-          p.threshold_criterion)
+          target.kind, targets.values(validation, target), mean_val, p.threshold_criterion)
       ensembles.append({"head": head, "target": target.name,
                         "files": [e["file"] for e in chosen], "threshold": _json(threshold)})
   manifest = {
