@@ -284,15 +284,12 @@ def _read_manifest(directory: str) -> dict:
 
 
 def _encoder(record: dict, encoder_workdir: Optional[str]) -> embed.Encoder:
-  from ssldml_jax import cli
+  from ssldml_jax import cli, metrics_log
 
   workdir = encoder_workdir or record["workdir"]
-  if workdir is None:
-    c = ml_collections.ConfigDict({"model": record["model"], "data": {
-        "sampling_rate": record["sampling_rate"],
-        "bandpass": None if record["bandpass"] is None else tuple(record["bandpass"])}})
-    if c.model.get("stage_sizes") is not None:
-      c.model.stage_sizes = tuple(c.model.stage_sizes)
+  if workdir is None:  # JSON lists back as the config's tuples, as metrics_log.read_config does
+    c = ml_collections.ConfigDict(metrics_log.tuples({"model": record["model"], "data": {
+        "sampling_rate": record["sampling_rate"], "bandpass": record["bandpass"]}}))
     return embed.random_encoder(c, int(record["seed"]))
   try:
     return embed.pretrained_encoder(workdir)
