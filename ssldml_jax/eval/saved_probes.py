@@ -167,12 +167,12 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
                         "files": [e["file"] for e in chosen], "threshold": _json(threshold)})
   manifest = {
       "format": FORMAT, "dataset": dataset, "encoder": encoder_record(encoder, config.seed),
-      "input": _json(dataclasses.asdict(record_format)),
+      "input": dataclasses.asdict(record_format),
       "targets": [t.to_json() for t in probe_targets], "primary_head": p.primary_head,
       "threshold_criterion": p.threshold_criterion,
       "mlp": {"hidden_dim": int(p.mlp.hidden_dim), "dropout": float(p.mlp.dropout)},
       "fits": entries, "ensembles": ensembles}
-  atomic.write_text(os.path.join(directory, MANIFEST), json.dumps(_json(manifest), indent=1))
+  atomic.write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
   return directory
 
 
