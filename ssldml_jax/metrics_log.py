@@ -34,15 +34,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not a pretrain workdir")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
-def _tuples(node: Any) -> Any:
+def tuples(node: Any) -> Any:
   """JSON has no tuples; configs use them for shapes and splits."""
   if isinstance(node, dict):
-    return {k: _tuples(v) for k, v in node.items()}
+    return {k: tuples(v) for k, v in node.items()}
   if isinstance(node, list):
-    return tuple(_tuples(v) for v in node)
+    return tuple(tuples(v) for v in node)
   return node
 
 

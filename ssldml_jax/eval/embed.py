@@ -125,11 +125,10 @@ def make_embed_fn(module: Any) -> Callable:
                   axis_name=parallel.AXIS)
 
 
-def embed_array(embed_fn: Callable, replicated: Any, ecg: np.ndarray,
-                per_device: int) -> np.ndarray:
-  """Embeddings ``(n, d)`` float32 of ECGs ``(n, T, 12)`` (model input), in padded batches of
-  ``per_device`` x the local devices (one compiled shape); ``replicated``: the encoder's
-  variables from ``parallel.replicate``."""
+def map_batches(fn: Callable, ecg: np.ndarray, per_device: int) -> np.ndarray:
+  """The outputs ``(n, ...)`` of a pmapped ``fn`` (``[devices, per_device, T, 12]`` ->
+  ``[devices, per_device, ...]``) for every row of ``ecg`` ``(n, T, 12)``, taken as float32 in
+  padded batches of ``per_device`` x the local devices (one compiled shape), padding dropped."""
   n_dev = jax.local_device_count()
   size = n_dev * per_device
   out = []
@@ -138,9 +137,17 @@ def embed_array(embed_fn: Callable, replicated: Any, ecg: np.ndarray,
     padded = np.pad(chunk, ((0, size - chunk.shape[0]), (0, 0), (0, 0)))
     x = jax.device_put(padded.reshape((n_dev, per_device) + padded.shape[1:]),
                        parallel.device_sharding())
-    emb = np.asarray(embed_fn(replicated, x))
-    out.append(emb.reshape(size, emb.shape[-1])[:chunk.shape[0]])
-  return np.concatenate(out).astype(np.float32)
+    value = np.asarray(fn(x))
+    out.append(value.reshape((size,) + value.shape[2:])[:chunk.shape[0]])
+  return np.concatenate(out)
+
+
+def embed_array(embed_fn: Callable, replicated: Any, ecg: np.ndarray,
+                per_device: int) -> np.ndarray:
+  """Embeddings ``(n, d)`` float32 of ECGs ``(n, T, 12)`` (model input), in padded batches of
+  ``per_device`` x the local devices (``map_batches``); ``replicated``: the encoder's variables
+  from ``parallel.replicate``."""
+  return map_batches(lambda x: embed_fn(replicated, x), ecg, per_device).astype(np.float32)
 
 
 def _allgather_text(values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -99,32 +99,24 @@ def _compiled(model_json: str, task: str, width: int, learning_rate: float, weig
 
 
 def _predict(p_predict, p_params, p_stats, ecg: np.ndarray, per_device: int) -> np.ndarray:
-  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches: (n,) for one
-  output, else (n, K)."""
-  n_dev = jax.local_device_count()
-  size = n_dev * per_device
-  out = []
-  for lo in range(0, ecg.shape[0], size):
-    chunk = ecg[lo:lo + size]
-    padded = np.pad(chunk, ((0, size - chunk.shape[0]), (0, 0), (0, 0)))
-    x = jax.device_put(padded.reshape((n_dev, per_device) + padded.shape[1:]),
-                       parallel.device_sharding())
-    value = np.asarray(p_predict(p_params, p_stats, x))
-    out.append(value.reshape((size,) + value.shape[2:])[:chunk.shape[0]])
-  return head_training.scores_of(np.concatenate(out).astype(np.float64))
+  """Outputs for every row of ``ecg`` in padded ``[devices, per_device]`` batches
+  (``embed.map_batches``): (n,) for one output, else (n, K)."""
+  out = embed.map_batches(lambda x: p_predict(p_params, p_stats, x), ecg, per_device)
+  return head_training.scores_of(out.astype(np.float64))
 
 
-def predict_scores(model_config: ml_collections.ConfigDict, variables: dict,
-                   output: head_training.OutputMap, ecg: np.ndarray, *, width: int,
-                   per_device_batch_size: int) -> np.ndarray:
-  """Scores of a fine-tuned model (``HeadResult.best_variables``, its output map) for raw ECGs
-  ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training."""
+def predictor(model_config: ml_collections.ConfigDict, variables: dict,
+              output: head_training.OutputMap, *, width: int,
+              per_device_batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+  """``f(ecg) -> scores`` of a fine-tuned model (``HeadResult.best_variables``, its output map)
+  for raw ECGs ``(n, T, 12)`` millivolts at the encoder's rate, computed as in training. The
+  variables are placed on the devices once, here, for every call of ``f``."""
   model_json = model_config.to_json(sort_keys=True)
   # The optimiser and dropout rate do not enter a prediction.
   _, _, _, _, p_predict, _ = _compiled(model_json, output.task, width, 0.0, 0.0, 0.0)
   p_params = parallel.replicate(variables["params"])
   p_stats = parallel.replicate(variables["batch_stats"])
-  return output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
+  return lambda ecg: output(_predict(p_predict, p_params, p_stats, ecg, per_device_batch_size))
 
 
 def require_single_process() -> None:

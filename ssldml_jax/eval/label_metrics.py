@@ -76,10 +76,9 @@ def multiclass_metric_fns(classes: Sequence[str],
 
   def accuracy(onehot, score, weights):
     n = score.shape[0]
-    w = np.ones((1, n)) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
+    w = metrics_lib.weight_rows(weights, n)
     right = onehot[np.arange(n), np.argmax(score, axis=1)]
-    total = w.sum(axis=1)
-    return np.divide(w @ right, total, out=np.full(total.shape, np.nan), where=total != 0)
+    return metrics_lib.nan_divide(w @ right, w.sum(axis=1))
 
   return _metric_fns(classes, multiclass_names(classes) if names is None else names,
                      multiclass=True, own={"accuracy": accuracy})
@@ -102,11 +101,4 @@ def _metric_fns(columns: tuple, names: Sequence[str], *, multiclass: bool,
       return fn(*_check(y, score, width, multiclass), weights)
     return metric
 
-  return {name: checked(fn) for name, fn in _select(every, names).items()}
-
-
-def _select(every: dict, names: Sequence[str]) -> dict[str, metrics_lib.MetricFn]:
-  unknown = [n for n in names if n not in every]
-  if unknown:
-    raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(every)}")
-  return {n: every[n] for n in names}
+  return {name: checked(fn) for name, fn in metrics_lib.select(every, names).items()}

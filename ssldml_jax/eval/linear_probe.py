@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -102,25 +102,10 @@ def logistic_probe(x_train, y_train, x_val, y_val, x_test=None, *,
     if y.all() or not y.any():
       raise ValueError(f"{name}: only one class among {y.size} labels; a logistic probe needs "
                        "both (too small a label fraction?)")
-  from sklearn.exceptions import ConvergenceWarning
-  from sklearn.linear_model import LogisticRegression
-
   std = fit_standardizer(x_train)
   z_train, z_val = std(x_train), std(x_val)
-  fits, criterion = [], []
-  # Increasing C with warm starts: each fit starts from the previous, more regularised solution.
-  model = LogisticRegression(max_iter=max_iter, warm_start=True)
-  notes = []
-  for c in sorted(float(c) for c in grid):
-    model.set_params(C=c)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always", ConvergenceWarning)
-      model.fit(z_train, y_train)
-    for w in caught:
-      if issubclass(w.category, ConvergenceWarning):
-        notes.append(f"C={c:g}: lbfgs did not converge in max_iter={max_iter} iterations")
-      else:
-        warnings.warn(w.message, w.category)
+  fits, criterion, notes = [], [], []
+  for c, model in _logistic_path(z_train, y_train, grid, max_iter, notes):
     coef, intercept = model.coef_[0].copy(), float(model.intercept_[0])
     fits.append((c, coef, intercept))
     criterion.append(metrics_lib.auroc(y_val, z_val @ coef + intercept))
@@ -193,9 +178,6 @@ def multiclass_probe(x_train, y_train, x_val, y_val, x_test=None, *, classes: Se
                      max_iter: int = 2000) -> ProbeResult:
   """Softmax logistic regression on class indices ``y`` in 0..K-1; C by validation
   macro-AUROC (see the module doc)."""
-  from sklearn.exceptions import ConvergenceWarning
-  from sklearn.linear_model import LogisticRegression
-
   from ssldml_jax.eval import label_metrics
 
   x_train, x_val, x_test = _check_splits(x_train, x_val, x_test)
@@ -212,17 +194,7 @@ def multiclass_probe(x_train, y_train, x_val, y_val, x_test=None, *, classes: Se
   std = fit_standardizer(x_train)
   z_train, z_val = std(x_train), std(x_val)
   fits, criterion, notes = [], [], []
-  model = LogisticRegression(max_iter=max_iter, warm_start=True)
-  for c in sorted(float(c) for c in grid):
-    model.set_params(C=c)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always", ConvergenceWarning)
-      model.fit(z_train, np.asarray(y_train))
-    for w in caught:
-      if issubclass(w.category, ConvergenceWarning):
-        notes.append(f"C={c:g}: lbfgs did not converge in max_iter={max_iter} iterations")
-      else:
-        warnings.warn(w.message, w.category)
+  for c, model in _logistic_path(z_train, np.asarray(y_train), grid, max_iter, notes):
     coef, intercept = model.coef_.T.copy(), model.intercept_.copy()
     if width == 2:  # scikit-learn fits one logit; softmax([-z/2, z/2]) is the same sigmoid(z).
       coef, intercept = np.concatenate([-coef / 2, coef / 2], axis=1), np.r_[-intercept,
@@ -244,6 +216,29 @@ def multiclass_probe(x_train, y_train, x_val, y_val, x_test=None, *, classes: Se
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _logistic_path(z_train, y_train, grid: Sequence[float], max_iter: int,
+                   notes: list) -> Iterator[tuple[float, Any]]:
+  """``(C, model)`` for each C of ``grid`` in increasing order, ``model`` (one scikit-learn
+  ``LogisticRegression``, refit in place) fit on ``z_train, y_train``; a C at which lbfgs did
+  not converge is appended to ``notes``, any other warning of the fit is re-issued."""
+  from sklearn.exceptions import ConvergenceWarning
+  from sklearn.linear_model import LogisticRegression
+
+  # Increasing C with warm starts: each fit starts from the previous, more regularised solution.
+  model = LogisticRegression(max_iter=max_iter, warm_start=True)
+  for c in sorted(float(c) for c in grid):
+    model.set_params(C=c)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", ConvergenceWarning)
+      model.fit(z_train, y_train)
+    for w in caught:
+      if issubclass(w.category, ConvergenceWarning):
+        notes.append(f"C={c:g}: lbfgs did not converge in max_iter={max_iter} iterations")
+      else:
+        warnings.warn(w.message, w.category)
+    yield c, model
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

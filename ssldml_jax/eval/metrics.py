@@ -67,7 +67,9 @@ def check_binary(name: str, y, n: Optional[int] = None) -> np.ndarray:
   return y.astype(bool)
 
 
-def _weights(weights, n: int) -> np.ndarray:
+def weight_rows(weights, n: int) -> np.ndarray:
+  """``weights`` as the (R, n) float64 matrix of the module docstring: None is one row of ones,
+  a vector one row; any other shape is a ``ValueError``."""
   if weights is None:
     return np.ones((1, n))
   w = np.asarray(weights, dtype=np.float64)
@@ -78,7 +80,7 @@ def _weights(weights, n: int) -> np.ndarray:
   return w
 
 
-def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def nan_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   """num / den with NaN (undefined) where den == 0."""
   out = np.full(np.broadcast(num, den).shape, np.nan)
   np.divide(num, den, out=out, where=den != 0)
@@ -105,7 +107,7 @@ def auroc_batch(y, score, weights) -> np.ndarray:
   """Area under the ROC curve per weight row (Mann-Whitney U / (P N), ties count one half)."""
   score = check_scores("score", score)
   y = check_binary("y", y, score.size)
-  w = _weights(weights, score.size)
+  w = weight_rows(weights, score.size)
   order = np.argsort(score, kind="stable")
   starts = _tie_groups(score[order])
   yo, wo = y[order], w[:, order]
@@ -113,14 +115,14 @@ def auroc_batch(y, score, weights) -> np.ndarray:
   neg = np.add.reduceat(wo * ~yo, starts, axis=1)
   neg_below = np.cumsum(neg, axis=1) - neg
   u = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
-  return _divide(u, pos.sum(axis=1) * neg.sum(axis=1))
+  return nan_divide(u, pos.sum(axis=1) * neg.sum(axis=1))
 
 
 def average_precision_batch(y, score, weights) -> np.ndarray:
   """Average precision (AUPRC as scikit-learn defines it: sum over thresholds of dRecall x P)."""
   score = check_scores("score", score)
   y = check_binary("y", y, score.size)
-  w = _weights(weights, score.size)
+  w = weight_rows(weights, score.size)
   order = np.argsort(-score, kind="stable")
   starts = _tie_groups(score[order])
   yo, wo = y[order], w[:, order]
@@ -128,8 +130,8 @@ def average_precision_batch(y, score, weights) -> np.ndarray:
   fp = np.add.reduceat(wo * ~yo, starts, axis=1)
   ctp, cfp = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
   # A threshold that admits no weight yet has 0/0 precision but also adds no recall.
-  precision = np.nan_to_num(_divide(ctp, ctp + cfp))
-  return _divide(np.sum(tp * precision, axis=1), ctp[:, -1])
+  precision = np.nan_to_num(nan_divide(ctp, ctp + cfp))
+  return nan_divide(np.sum(tp * precision, axis=1), ctp[:, -1])
 
 
 def auroc(y, score) -> float:
@@ -194,25 +196,25 @@ def choose_threshold(y_val, score_val, criterion: str = "f1") -> float:
 def _confusion(y, score, weights, threshold: float):
   score = check_scores("score", score)
   y = check_binary("y", y, score.size)
-  w = _weights(weights, score.size)
+  w = weight_rows(weights, score.size)
   pred = score >= threshold
   return (w @ (y & pred), w @ (~y & pred), w @ (y & ~pred), w @ (~y & ~pred))
 
 
 def f1_batch(y, score, weights, *, threshold: float) -> np.ndarray:
   tp, fp, fn, _ = _confusion(y, score, weights, threshold)
-  return _divide(2.0 * tp, 2.0 * tp + fp + fn)
+  return nan_divide(2.0 * tp, 2.0 * tp + fp + fn)
 
 
 def accuracy_batch(y, score, weights, *, threshold: float) -> np.ndarray:
   tp, fp, fn, tn = _confusion(y, score, weights, threshold)
-  return _divide(tp + tn, tp + fp + fn + tn)
+  return nan_divide(tp + tn, tp + fp + fn + tn)
 
 
 def _share(y, score, weights, threshold: float, part: str, rest: str) -> np.ndarray:
   """``part / (part + rest)`` of the confusion counts ('tp', 'fp', 'fn', 'tn')."""
   counts = dict(zip(("tp", "fp", "fn", "tn"), _confusion(y, score, weights, threshold)))
-  return _divide(counts[part], counts[part] + counts[rest])
+  return nan_divide(counts[part], counts[part] + counts[rest])
 
 
 def sensitivity_batch(y, score, weights, *, threshold: float) -> np.ndarray:
@@ -239,9 +241,9 @@ def majority_accuracy_batch(y, score, weights) -> np.ndarray:
   """Accuracy of always answering the majority class of each weight row (ignores ``score``):
   the floor a thresholded classifier's accuracy must be read against."""
   y = check_binary("y", y)
-  w = _weights(weights, y.size)
+  w = weight_rows(weights, y.size)
   positive = w @ y
-  return _divide(np.maximum(positive, w.sum(axis=1) - positive), w.sum(axis=1))
+  return nan_divide(np.maximum(positive, w.sum(axis=1) - positive), w.sum(axis=1))
 
 
 def classification_metrics(threshold: float,
@@ -257,7 +259,7 @@ def classification_metrics(threshold: float,
       "ppv": lambda y, s, w: ppv_batch(y, s, w, threshold=threshold),
       "npv": lambda y, s, w: npv_batch(y, s, w, threshold=threshold),
   }
-  return _select(every, names)
+  return select(every, names)
 
 
 # ------------------------------------------------------------------------------ regression
@@ -266,22 +268,22 @@ def classification_metrics(threshold: float,
 def rmse_batch(y, pred, weights) -> np.ndarray:
   pred = check_scores("pred", pred)
   y = check_scores("y", y, pred.size)
-  w = _weights(weights, pred.size)
-  return np.sqrt(_divide(w @ (pred - y) ** 2, w.sum(axis=1)))
+  w = weight_rows(weights, pred.size)
+  return np.sqrt(nan_divide(w @ (pred - y) ** 2, w.sum(axis=1)))
 
 
 def mae_batch(y, pred, weights) -> np.ndarray:
   pred = check_scores("pred", pred)
   y = check_scores("y", y, pred.size)
-  w = _weights(weights, pred.size)
-  return _divide(w @ np.abs(pred - y), w.sum(axis=1))
+  w = weight_rows(weights, pred.size)
+  return nan_divide(w @ np.abs(pred - y), w.sum(axis=1))
 
 
 def pearson_r_batch(y, pred, weights) -> np.ndarray:
   """Weighted Pearson correlation (centred per row, so large offsets do not cancel digits)."""
   pred = check_scores("pred", pred)
   y = check_scores("y", y, pred.size)
-  w = _weights(weights, pred.size)
+  w = weight_rows(weights, pred.size)
   total = w.sum(axis=1, keepdims=True)
   safe = np.where(total > 0, total, 1.0)
   yc = y - (w @ y)[:, None] / safe
@@ -291,12 +293,12 @@ def pearson_r_batch(y, pred, weights) -> np.ndarray:
   # A constant input has zero variance up to rounding; treat tiny variances as zero.
   scale = np.sum(w * (yc * yc + pc * pc), axis=1)
   var = np.where(var > (1e-12 * scale) ** 2, var, 0.0)
-  return np.clip(_divide(cov, np.sqrt(var)), -1.0, 1.0)
+  return np.clip(nan_divide(cov, np.sqrt(var)), -1.0, 1.0)
 
 
 def regression_metrics(names: Sequence[str] = REGRESSION_METRICS) -> dict[str, MetricFn]:
   every = {"rmse": rmse_batch, "mae": mae_batch, "pearson_r": pearson_r_batch}
-  return _select(every, names)
+  return select(every, names)
 
 
 def rmse(y, pred) -> float:
@@ -311,7 +313,8 @@ def pearson_r(y, pred) -> float:
   return float(pearson_r_batch(y, pred, None)[0])
 
 
-def _select(every: Mapping[str, MetricFn], names: Sequence[str]) -> dict[str, MetricFn]:
+def select(every: Mapping[str, MetricFn], names: Sequence[str]) -> dict[str, MetricFn]:
+  """The metrics ``names`` of ``every``, in that order; an unknown name is a ``ValueError``."""
   unknown = [n for n in names if n not in every]
   if unknown:
     raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(every)}")

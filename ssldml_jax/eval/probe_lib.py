@@ -85,7 +85,9 @@ def resolve_targets(config: ml_collections.ConfigDict, builder,
   features = {name: targets.Feature(*spec) for name, spec in reader.label_features(builder).items()}
   wanted = targets.from_config(config)
   needed = tuple(dict.fromkeys(t.feature for t in wanted if t.feature in features))
-  train = reader.read_features(builder, train_split, needed)
+  # Parsing every stored Example of the split is slow; only a few kinds of target need it.
+  on_train = tuple(dict.fromkeys(t.feature for t in wanted if targets.needs_train(t, features)))
+  train = reader.read_features(builder, train_split, on_train) if on_train else {}
   try:
     resolved = targets.resolve(wanted, features, builder.info.full_name, train)
   except ValueError as e:

@@ -35,14 +35,15 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
 
 from ssldml_jax import atomic
 from ssldml_jax.data import ecg_files
-from ssldml_jax.eval import embed, head_training, linear_probe, subsets, targets
+from ssldml_jax.eval import (embed, head_training, linear_probe, probe_files, subsets,
+                             targets)
 from ssldml_jax.eval.fitting import Fit
 
 HEADS_DIR = "heads"
@@ -143,7 +144,6 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
   manifest is written last, so a directory holding it is complete."""
   p = config.probe
   os.makedirs(directory, exist_ok=True)
-  by_name = targets.by_name(probe_targets)
   entries, seeds_of = [], {}
   for fit in fits:  # a fit standing for several seeds (the linear probe at 100%) is saved once
     seeds_of.setdefault(id(fit.test_scores), (fit, []))[1].append(fit.seed)
@@ -160,21 +160,19 @@ def save(directory: str, *, config: ml_collections.ConfigDict, fits: Sequence[Fi
                 (head, target.name, subsets.FULL)]
       if not chosen:
         continue
-      mean_val = np.mean([f.val_scores for f in fits if (f.head, f.target, f.fraction) ==
-                          (head, target.name, subsets.FULL)], axis=0)
+      mean_val = probe_files.seed_mean(fits, head, target.name, "val_scores")
       threshold = head_training.choose_thresholds(
-          target.kind, targets.values(validation, by_name[target.name]), mean_val,
-          p.threshold_criterion)
+          target.kind, targets.values(validation, target), mean_val, p.threshold_criterion)
       ensembles.append({"head": head, "target": target.name,
                         "files": [e["file"] for e in chosen], "threshold": _json(threshold)})
   manifest = {
       "format": FORMAT, "dataset": dataset, "encoder": encoder_record(encoder, config.seed),
-      "input": _json(dataclasses.asdict(record_format)),
+      "input": dataclasses.asdict(record_format),
       "targets": [t.to_json() for t in probe_targets], "primary_head": p.primary_head,
       "threshold_criterion": p.threshold_criterion,
       "mlp": {"hidden_dim": int(p.mlp.hidden_dim), "dropout": float(p.mlp.dropout)},
       "fits": entries, "ensembles": ensembles}
-  atomic.write_text(os.path.join(directory, MANIFEST), json.dumps(_json(manifest), indent=1))
+  atomic.write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
   return directory
 
 
@@ -199,6 +197,10 @@ class SavedProbe:
   record_format: ecg_files.RecordFormat
   targets: list
   ensembles: list
+  # Read and prepared once per file (``arrays``, ``fit_scores``), not per batch of ECGs.
+  _arrays: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+  _scorers: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
   @property
   def primary_head(self) -> str:
@@ -208,36 +210,49 @@ class SavedProbe:
     return next(e for e in self.manifest["fits"] if e["file"] == name)
 
   def arrays(self, name: str) -> dict[str, np.ndarray]:
-    """The arrays of the saved fit in file ``name`` (module docstring)."""
-    path = os.path.join(self.directory, name)
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-      raise ProbeFileError(f"{path}: unreadable saved head ({e})") from None
+    """The arrays of the saved fit in file ``name`` (module docstring), read once: later calls
+    return the same dict, which callers must not change."""
+    if name not in self._arrays:
+      path = os.path.join(self.directory, name)
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          self._arrays[name] = {k: f[k] for k in f.files}
+      except (OSError, ValueError) as e:
+        raise ProbeFileError(f"{path}: unreadable saved head ({e})") from None
+    return self._arrays[name]
 
   def fit_scores(self, name: str, target: targets.Target, embedding: np.ndarray,
                  ecg: Optional[np.ndarray], per_device_batch_size: int) -> np.ndarray:
     """Scores of one saved fit: from the embeddings (linear, MLP) or the model input ECGs
     (fine-tuned)."""
+    key = (name, target, per_device_batch_size)
+    if key not in self._scorers:  # each batch of ``predict`` reuses it
+      self._scorers[key] = self._scorer(name, target, per_device_batch_size)
+    return self._scorers[key](embedding, ecg)
+
+  def _scorer(self, name: str, target: targets.Target,
+              per_device_batch_size: int) -> Callable[[np.ndarray, Optional[np.ndarray]],
+                                                      np.ndarray]:
+    """``f(embedding, ecg) -> scores`` of the saved fit in file ``name``."""
     entry, arrays = self._fit(name), self.arrays(name)
-    std = (linear_probe.Standardizer(arrays.pop("mean"), arrays.pop("scale"))
+    std = (linear_probe.Standardizer(arrays["mean"], arrays["scale"])
            if "mean" in arrays else None)
     if entry["head"] == "linear":
-      z = std(embedding) @ arrays["coef"] + arrays["intercept"]
-      return linear_probe.scores(target.kind, z)
+      return lambda embedding, ecg: linear_probe.scores(
+          target.kind, std(embedding) @ arrays["coef"] + arrays["intercept"])
     output = head_training.OutputMap(**entry["output"])
-    variables = unflatten(arrays)["variables"]
+    variables = unflatten({k: v for k, v in arrays.items()
+                           if k.startswith("variables/")})["variables"]
     if entry["head"] == "mlp":
       from ssldml_jax.eval import mlp_probe
 
-      return mlp_probe.predict_scores(variables, std, output, embedding, width=target.width,
-                                      **self.manifest["mlp"])
+      return lambda embedding, ecg: mlp_probe.predict_scores(
+          variables, std, output, embedding, width=target.width, **self.manifest["mlp"])
     from ssldml_jax.eval import finetune
 
-    return finetune.predict_scores(self.encoder.model_config, variables, output, ecg,
-                                   width=target.width,
-                                   per_device_batch_size=per_device_batch_size)
+    predict = finetune.predictor(self.encoder.model_config, variables, output,
+                                 width=target.width, per_device_batch_size=per_device_batch_size)
+    return lambda embedding, ecg: predict(ecg)
 
   def scores(self, embedding: np.ndarray, ecg: Optional[np.ndarray] = None, *,
              per_device_batch_size: int = 32) -> dict[tuple[str, str], np.ndarray]:
@@ -269,15 +284,12 @@ def _read_manifest(directory: str) -> dict:
 
 
 def _encoder(record: dict, encoder_workdir: Optional[str]) -> embed.Encoder:
-  from ssldml_jax import cli
+  from ssldml_jax import cli, metrics_log
 
   workdir = encoder_workdir or record["workdir"]
-  if workdir is None:
-    c = ml_collections.ConfigDict({"model": record["model"], "data": {
-        "sampling_rate": record["sampling_rate"],
-        "bandpass": None if record["bandpass"] is None else tuple(record["bandpass"])}})
-    if c.model.get("stage_sizes") is not None:
-      c.model.stage_sizes = tuple(c.model.stage_sizes)
+  if workdir is None:  # JSON lists back as the config's tuples, as metrics_log.read_config does
+    c = ml_collections.ConfigDict(metrics_log.tuples({"model": record["model"], "data": {
+        "sampling_rate": record["sampling_rate"], "bandpass": record["bandpass"]}}))
     return embed.random_encoder(c, int(record["seed"]))
   try:
     return embed.pretrained_encoder(workdir)

@@ -148,13 +148,22 @@ class Feature:
   names: tuple = ()
 
 
+def needs_train(target: Target, features: Mapping[str, Feature]) -> bool:
+  """Whether ``resolve`` reads ``target``'s feature from the training split: the classes of an
+  integer multi-class feature, the 0/1 check of a binary one without threshold."""
+  f = features.get(target.feature)
+  return (f is not None and not f.shape
+          and (target.kind == "multiclass" or (target.kind == "binary"
+                                               and target.threshold is None)))
+
+
 def resolve(targets: Sequence[Target], features: Mapping[str, Feature], dataset: str,
             train: Mapping[str, np.ndarray]) -> list[Target]:
   """Checks that each target's feature exists and suits its kind; sets ``classes``.
 
-  ``train``: the training split's arrays (with the features), for the classes of an integer
-  multi-class feature and the 0/1 check of a binary one without threshold. ``ValueError``
-  names the target, its feature and what the dataset has.
+  ``train``: the training split's arrays with the features of the targets that ``needs_train``
+  (the classes of an integer multi-class feature, the 0/1 check of a binary one without
+  threshold). ``ValueError`` names the target, its feature and what the dataset has.
   """
   have = ", ".join(sorted(features)) or "none"
   out = []
