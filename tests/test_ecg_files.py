@@ -1,8 +1,6 @@
 """What a path holds for ``predict``, and each ECG made into a record as a build makes one
 (checked against the analytic signal of the fixtures)."""
 
-import os
-
 import h5py
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ must equal the single-device ones; each device's gradient w.r.t. its local embed
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssldml_jax import checkpoint, cli, methods, metrics_log, parallel, steps, train_lib
+from ssldml_jax import checkpoint, cli, methods, metrics_log, parallel, train_lib
 from ssldml_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,6 @@ also runs with bfloat16 compute at per-device batch 64 and 256 (no PyTorch row t
 from __future__ import annotations
 
 import functools
-import time
 from typing import Callable, Optional, Sequence
 
 import jax

@@ -98,7 +98,8 @@ def probe_stage_config(config: ml_collections.ConfigDict, name: str,
 
 def probe_job_config(arg: Optional[str]) -> ml_collections.ConfigDict:
   """The whole config of a probe job (every section and ``probe``): the paper's settings, or
-  with ``arg == "tiny"`` a run of seconds on ``ecg_synth/tiny``; ``configs/probe*.py`` start here."""
+  with ``arg == "tiny"`` a run of seconds on ``ecg_synth/tiny``. ``configs/probe*.py`` start
+  here."""
   from ssldml_jax import config_defaults
 
   words = cli.parse_words(arg, ("tiny",))

@@ -23,17 +23,19 @@ import dataclasses
 import json
 import os
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import ml_collections
-
 import numpy as np
 
 from ssldml_jax import cli, workdirs
 from ssldml_jax.eval import (embed, estimates, fitting, probe_config, probe_files, saved_probes,
                              subsets, targets)
 from ssldml_jax.eval.probe_files import ProbeOutcome
+
+if TYPE_CHECKING:
+  from ssldml_jax.data import ecg_files
 
 _ROLES = ("train", "validation", "test")
 
@@ -95,7 +97,7 @@ def resolve_targets(config: ml_collections.ConfigDict, builder,
   return resolved, tuple(f for f in needed if f not in embed.FIELDS)
 
 
-def record_format(data_config: ml_collections.ConfigDict, builder) -> "ecg_files.RecordFormat":
+def record_format(data_config: ml_collections.ConfigDict, builder) -> ecg_files.RecordFormat:
   """What the probe's encoder saw: the dataset's records and the model's rate (for ``predict``)."""
   from ssldml_jax.data import ecg_files, pipeline
 
